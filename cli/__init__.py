@@ -1,0 +1,1 @@
+"""The ``shiftdown`` command: one module per command group."""

@@ -1,0 +1,76 @@
+"""What several commands share: schema readiness, error display, input options."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import click
+
+import migrations
+from shiftdown.errors import ShiftdownError
+from shiftdown.settings import get_settings
+from shiftdown.taxonomy import Taxonomy
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def ensure_schema() -> None:
+    """Migrate an embedded SQLite store; refuse to run on an out-of-date server database."""
+    url = get_settings().database_url
+    if url.startswith("sqlite"):
+        migrations.upgrade(url)
+    elif not migrations.is_current(url):
+        raise click.ClickException("the database schema is not current: run `shiftdown db upgrade`")
+
+
+def handle_errors(func: F) -> F:
+    """Show shiftdown's own errors as one clear line instead of a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ShiftdownError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def input_options(func: F) -> F:
+    """Options shared by ``run`` and ``submit``."""
+    decorators = [
+        click.argument("source", type=click.Path(dir_okay=False, allow_dash=True)),
+        click.option("--taxonomy", type=click.Path(exists=True, dir_okay=False), help="Label file (JSON/YAML); needed when the task is new."),
+        click.option("--task", "task_name", default=None, help="Task name (default: SHIFTDOWN_TASK)."),
+        click.option("--model", "model_ref", default=None, help="GGUF path or model version (default: the task's promoted model)."),
+        click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv", "text"]), default="auto", show_default=True),
+        click.option("--text-field", default="text", show_default=True, help="JSON field or CSV column holding the text."),
+        click.option("--id-field", default="id", show_default=True, help="JSON field or CSV column holding the document id (default: line number)."),
+        click.option("--limit", type=int, default=None, help="Submit only the first N records."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def load_taxonomy(path: str | None) -> Taxonomy | None:
+    """The taxonomy file, if one was given."""
+    return Taxonomy.from_file(path) if path else None
+
+
+@contextmanager
+def open_source(source: str) -> Iterator[BinaryIO]:
+    """The input as a binary stream (``-`` is stdin)."""
+    if source == "-":
+        yield sys.stdin.buffer
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise click.BadParameter(f"no such file: {source}", param_hint="SOURCE")
+        with path.open("rb") as stream:
+            yield stream

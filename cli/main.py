@@ -1,0 +1,25 @@
+"""Entry point of the ``shiftdown`` command."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from cli.db import db
+from cli.escalate import escalate
+from cli.report import report
+from cli.run import run
+from cli.submit import submit
+
+
+@click.group()
+@click.version_option(package_name="shiftdown")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress of every stage.")
+def cli(verbose: bool) -> None:
+    """shiftdown: classify with a small fine-tuned model, escalate only what it is unsure of."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+
+
+for command in (run, submit, report, escalate, db):
+    cli.add_command(command)

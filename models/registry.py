@@ -1,0 +1,153 @@
+"""Tasks and their model versions: register a GGUF, resolve a reference, promote.
+
+A version is a GGUF (plus an optional LoRA adapter) and its manifest. When a GGUF has a
+sidecar ``<file>.manifest.json`` (written by the fine-tuning pipeline), it is recorded
+with the version; a bare GGUF gets the model's own chat template and label coding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.base import default_gguf_path
+from models.classifier import ModelSpec
+from shiftdown.errors import ConfigError, ModelError
+from shiftdown.schema import ModelVersion, Task
+from shiftdown.taxonomy import Taxonomy
+
+
+def ensure_task(
+    session: Session, name: str, taxonomy: Taxonomy | None, threshold: float
+) -> Task:
+    """The task ``name``, created or given the new taxonomy when one is passed."""
+    task = session.get(Task, name)
+    if task is None:
+        if taxonomy is None:
+            raise ConfigError(f"task {name!r} does not exist yet: pass --taxonomy FILE")
+        task = Task(
+            name=name,
+            taxonomy=taxonomy.to_data(),
+            taxonomy_hash=taxonomy.hash,
+            threshold=threshold,
+        )
+        session.add(task)
+        session.flush()
+    elif taxonomy is not None and taxonomy.hash != task.taxonomy_hash:
+        task.taxonomy = taxonomy.to_data()
+        task.taxonomy_hash = taxonomy.hash
+        session.flush()
+    return task
+
+
+def task_taxonomy(task: Task) -> Taxonomy:
+    """The task's taxonomy as stored."""
+    return Taxonomy.from_data(task.taxonomy)
+
+
+def read_manifest(gguf_path: Path) -> dict[str, Any]:
+    """The sidecar manifest of a GGUF, or an empty one."""
+    sidecar = gguf_path.with_name(gguf_path.name + ".manifest.json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"unreadable manifest {sidecar}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"manifest {sidecar} is not a JSON object")
+    return data
+
+
+def register(
+    session: Session, task_name: str, gguf_path: str | Path, adapter_path: str | None = None
+) -> ModelVersion:
+    """The version of ``task_name`` for this file, registering it if new."""
+    path = Path(gguf_path).resolve()
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    existing = session.scalars(
+        select(ModelVersion).where(
+            ModelVersion.task_name == task_name,
+            ModelVersion.gguf_path == str(path),
+            ModelVersion.adapter_path.is_(None)
+            if adapter_path is None
+            else ModelVersion.adapter_path == adapter_path,
+        )
+    ).first()
+    if existing is not None:
+        return existing
+    latest = session.scalar(
+        select(func.max(ModelVersion.version)).where(ModelVersion.task_name == task_name)
+    )
+    version = ModelVersion(
+        task_name=task_name,
+        version=(latest or 0) + 1,
+        gguf_path=str(path),
+        adapter_path=adapter_path,
+        manifest=read_manifest(path),
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def promote(session: Session, task: Task, version: ModelVersion) -> None:
+    """Make ``version`` the task's served model."""
+    if version.task_name != task.name:
+        raise ConfigError(f"model v{version.version} belongs to task {version.task_name!r}")
+    task.model_version_id = version.id
+    session.flush()
+
+
+def resolve_model(
+    session: Session, task: Task, ref: str | None, default_path: str | None
+) -> ModelVersion:
+    """The model a run uses: a path, a version (``3`` or ``v3``), or the promoted one.
+
+    A task with no promoted model gets ``default_path`` (or the bundled SmolLM2)
+    registered and promoted, so the single-task case needs no registry commands.
+    """
+    if ref:
+        if Path(ref).is_file():
+            version = register(session, task.name, ref)
+            if task.model_version_id is None:
+                promote(session, task, version)
+            return version
+        number = ref[1:] if ref.lower().startswith("v") else ref
+        if number.isdigit():
+            found = session.scalars(
+                select(ModelVersion).where(
+                    ModelVersion.task_name == task.name, ModelVersion.version == int(number)
+                )
+            ).first()
+            if found is None:
+                raise ConfigError(f"task {task.name!r} has no model version {ref}")
+            return found
+        raise ConfigError(f"--model {ref!r} is neither a GGUF file nor a version number")
+    if task.model_version_id is not None:
+        promoted = session.get(ModelVersion, task.model_version_id)
+        if promoted is not None:
+            return promoted
+    version = register(session, task.name, default_path or default_gguf_path())
+    promote(session, task, version)
+    return version
+
+
+def spec_for(version: ModelVersion, taxonomy: Taxonomy) -> ModelSpec:
+    """What a worker needs to load ``version`` for this taxonomy."""
+    return ModelSpec(
+        gguf_path=version.gguf_path,
+        labels=tuple(taxonomy.names),
+        adapter_path=version.adapter_path,
+        manifest=dict(version.manifest or {}),
+    )
+
+
+def model_name(version: ModelVersion) -> str:
+    """A readable identity for predictions: task, version and file name."""
+    return f"{version.task_name}/v{version.version}:{Path(version.gguf_path).name}"

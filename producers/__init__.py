@@ -1,0 +1,1 @@
+"""Producers: read documents from files or stdin, store them, and enqueue SLM tasks."""

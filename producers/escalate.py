@@ -1,0 +1,28 @@
+"""Send parked documents (``awaiting_frontier``) to the frontier stage."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from shiftdown.db import session_scope
+from shiftdown.errors import ConfigError
+from shiftdown.schema import DocState, Document
+from shiftdown.settings import get_settings
+from workers.app import TASK_FRONTIER, dispatch
+from workers.store import move_documents
+
+
+def escalate_pending(run_id: int | None = None) -> int:
+    """Enqueue every parked document (of one run, or all); returns how many."""
+    s = get_settings()
+    if not s.frontier_configured:
+        raise ConfigError("no frontier configured: set OPENAI_API_KEY and/or OPENAI_BASE_URL")
+    with session_scope() as session:
+        query = select(Document.id).where(Document.state == DocState.AWAITING_FRONTIER)
+        if run_id is not None:
+            query = query.where(Document.run_id == run_id)
+        ids = list(session.scalars(query.order_by(Document.id)))
+        move_documents(session, ids, [DocState.AWAITING_FRONTIER], state=DocState.ESCALATED)
+    for doc_id in ids:
+        dispatch(TASK_FRONTIER, [doc_id], queue=s.frontier_queue)
+    return len(ids)

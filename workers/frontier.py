@@ -1,0 +1,155 @@
+"""The frontier stage: label an escalated document with the frontier model, record
+every attempt with its tokens and dollars, and retry only what a retry can fix.
+
+With no frontier configured, escalated documents are parked as ``awaiting_frontier``;
+``shiftdown escalate --pending`` sends them once one is.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from models.registry import task_taxonomy
+from shiftdown.db import session_scope
+from shiftdown.schema import DocState, Document, FrontierCall, Prediction, Run, Stage, Task
+from shiftdown.settings import get_settings
+from workers.app import TASK_FRONTIER, app
+from workers.frontier_client import OK, RETRYABLE, FrontierClient, FrontierResult
+from workers.store import insert_predictions, move_documents
+
+log = logging.getLogger(__name__)
+
+WAITING = (DocState.ESCALATED, DocState.AWAITING_FRONTIER)
+
+_client: FrontierClient | None = None
+
+
+def get_client() -> FrontierClient:
+    """This process's frontier client (it remembers what the server accepts)."""
+    global _client
+    if _client is None:
+        _client = FrontierClient(get_settings())
+    return _client
+
+
+def reset_client() -> None:
+    """Forget the client (after settings change)."""
+    global _client
+    _client = None
+
+
+def backoff_s(attempt: int) -> float:
+    """Exponential backoff between attempts: 2, 4, 8 … seconds, at most 5 minutes."""
+    return float(min(300, 2**attempt))
+
+
+def _record(document_id: int, run_id: int, result: FrontierResult, final: bool) -> int:
+    with session_scope() as session:
+        attempt = 1 + (
+            session.scalar(
+                select(func.count()).where(FrontierCall.document_id == document_id)
+            )
+            or 0
+        )
+        session.add(
+            FrontierCall(
+                document_id=document_id,
+                run_id=run_id,
+                attempt=attempt,
+                model=result.model,
+                status=result.status,
+                http_status=result.http_status,
+                error=result.error,
+                response_format=result.response_format,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                cost_usd=result.cost_usd,
+                latency_ms=result.latency_ms,
+            )
+        )
+        if result.status == OK:
+            insert_predictions(
+                session,
+                [
+                    {
+                        "document_id": document_id,
+                        "run_id": run_id,
+                        "stage": Stage.FRONTIER,
+                        "label": result.label,
+                        "confidence": result.confidence,
+                        "distribution": None,
+                        "model": result.model,
+                        "model_version_id": None,
+                        "latency_ms": result.latency_ms,
+                        "prompt_tokens": result.prompt_tokens,
+                        "completion_tokens": result.completion_tokens,
+                        "cost_usd": result.cost_usd,
+                    }
+                ],
+            )
+            move_documents(
+                session, [document_id], WAITING,
+                state=DocState.CLASSIFIED, final_stage=Stage.FRONTIER, error=None,
+            )
+        elif final:
+            move_documents(
+                session, [document_id], WAITING,
+                state=DocState.FRONTIER_FAILED, error=result.error,
+            )
+        return attempt
+
+
+def process_document(document_id: int, retries_left: bool) -> FrontierResult | None:
+    """Label one escalated document; None when there was nothing to do."""
+    s = get_settings()
+    with session_scope() as session:
+        doc = session.get(Document, document_id)
+        if doc is None or doc.state not in WAITING:
+            return None
+        done = session.scalar(
+            select(Prediction.id).where(
+                Prediction.document_id == document_id, Prediction.stage == Stage.FRONTIER
+            )
+        )
+        if done is not None:
+            return None
+        if not s.frontier_configured:
+            move_documents(
+                session, [document_id], WAITING, state=DocState.AWAITING_FRONTIER
+            )
+            return None
+        run = session.get_one(Run, doc.run_id)
+        taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
+        text, run_id = doc.text, doc.run_id
+    result = get_client().classify(text, taxonomy)
+    final = result.status != RETRYABLE or not retries_left
+    attempt = _record(document_id, run_id, result, final)
+    if result.status != OK:
+        log.warning("frontier attempt %d for document %d: %s", attempt, document_id, result.error)
+    return result
+
+
+@app.task(
+    name=TASK_FRONTIER,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=20,
+)
+def classify_with_frontier(self: Any, document_id: int) -> str:
+    """Celery entry point of the frontier stage; takes a document id only."""
+    s = get_settings()
+    retries_left = self.request.retries < s.frontier_task_retries
+    result = process_document(document_id, retries_left)
+    if result is None:
+        return "noop"
+    if result.status == RETRYABLE and retries_left:
+        countdown = result.retry_after_s or backoff_s(self.request.retries + 1)
+        raise self.retry(countdown=countdown, max_retries=s.frontier_task_retries)
+    return result.status

@@ -1,0 +1,172 @@
+"""One classification call to an OpenAI-compatible endpoint, constrained to a taxonomy.
+
+The answer is constrained with structured output: OpenAI's ``json_schema`` response
+format, or the ``json_object`` + ``schema`` form that llama.cpp's server accepts. In
+``auto`` mode the first rejection of ``json_schema`` (or of ``logprobs``) switches this
+client to what the server does accept, once, for the rest of the process.
+
+``classify`` never raises for an API failure: it returns a ``FrontierResult`` saying
+whether the attempt succeeded, may succeed if retried, or cannot, with the tokens billed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from shiftdown.costs import cost_usd
+from shiftdown.prompts import answer_schema, frontier_system_prompt
+from shiftdown.settings import Settings
+from shiftdown.taxonomy import Taxonomy
+
+OK, RETRYABLE, FATAL = "ok", "retryable", "fatal"
+
+
+@dataclass(frozen=True)
+class FrontierResult:
+    """The outcome of one attempt, successful or not, with what it cost."""
+
+    status: str
+    model: str
+    latency_ms: float
+    response_format: str
+    label: str | None = None
+    confidence: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    http_status: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
+def _mentions(exc: openai.APIStatusError, *words: str) -> bool:
+    text = f"{exc.message} {exc.body}".lower()
+    return any(w in text for w in words)
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class FrontierClient:
+    """An OpenAI client bound to one model, with the server's capabilities learned."""
+
+    def __init__(self, settings: Settings) -> None:
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        self._client = openai.OpenAI(
+            # Local OpenAI-compatible servers accept any key; the client insists on one.
+            api_key=key or "unused",
+            base_url=settings.openai_base_url,
+            timeout=settings.frontier_timeout_s,
+            max_retries=settings.frontier_client_retries,
+        )
+        self.model = settings.frontier_model
+        self._price_model = settings.frontier_price_model or settings.frontier_model
+        self._prices = settings.price_table()
+        self._max_chars = settings.max_text_chars
+        self._auto = settings.frontier_response_format == "auto"
+        self.response_format = (
+            "json_schema" if self._auto else settings.frontier_response_format
+        )
+        self.logprobs = True
+
+    def _request(self, text: str, taxonomy: Taxonomy) -> Any:
+        schema = answer_schema(taxonomy)
+        if self.response_format == "json_schema":
+            fmt: dict[str, Any] = {
+                "type": "json_schema",
+                "json_schema": {"name": "classification", "strict": True, "schema": schema},
+            }
+        else:
+            fmt = {"type": "json_object", "schema": schema}
+        return self._client.chat.completions.create(
+            model=self.model,
+            messages=[
+                {"role": "system", "content": frontier_system_prompt(taxonomy)},
+                {"role": "user", "content": text[: self._max_chars]},
+            ],
+            response_format=fmt,  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=64,
+            logprobs=self.logprobs or None,
+        )
+
+    def _result(self, start: float, status: str, **fields: Any) -> FrontierResult:
+        pt, ct = fields.get("prompt_tokens", 0), fields.get("completion_tokens", 0)
+        return FrontierResult(
+            status=status,
+            model=self.model,
+            latency_ms=(time.perf_counter() - start) * 1000.0,
+            response_format=self.response_format,
+            cost_usd=cost_usd(self._price_model, pt, ct, self._prices) if pt or ct else 0.0,
+            **fields,
+        )
+
+    def classify(self, text: str, taxonomy: Taxonomy) -> FrontierResult:
+        """One attempt (plus at most one capability fallback) to label ``text``."""
+        start = time.perf_counter()
+        for _ in range(3):
+            try:
+                response = self._request(text, taxonomy)
+                break
+            except openai.APIStatusError as exc:
+                rejected = exc.status_code in (400, 422)
+                if rejected and self._auto and self.response_format == "json_schema" and _mentions(
+                    exc, "json_schema", "response_format"
+                ):
+                    self.response_format = "json_object"
+                    continue
+                if rejected and self.logprobs and _mentions(exc, "logprobs"):
+                    self.logprobs = False
+                    continue
+                transient = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+                return self._result(
+                    start,
+                    RETRYABLE if transient else FATAL,
+                    http_status=exc.status_code,
+                    error=f"HTTP {exc.status_code}: {exc.message}"[:500],
+                    retry_after_s=_retry_after(exc),
+                )
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                return self._result(start, RETRYABLE, error=f"{type(exc).__name__}: {exc}"[:500])
+        else:
+            return self._result(start, FATAL, error="the server rejected every request format")
+        return self._parse(start, response, taxonomy)
+
+    def _parse(self, start: float, response: Any, taxonomy: Taxonomy) -> FrontierResult:
+        usage = response.usage
+        tokens = {
+            "prompt_tokens": int(usage.prompt_tokens) if usage else 0,
+            "completion_tokens": int(usage.completion_tokens) if usage else 0,
+        }
+        choice = response.choices[0] if response.choices else None
+        content = (choice.message.content or "") if choice else ""
+        try:
+            data = json.loads(content)
+            label = data["label"] if isinstance(data, dict) else None
+        except (json.JSONDecodeError, KeyError):
+            # A billed answer that is not the requested JSON: retrying may fix it.
+            return self._result(
+                start, RETRYABLE, error=f"malformed answer: {content[:200]!r}", **tokens
+            )
+        if label not in taxonomy:
+            return self._result(
+                start, RETRYABLE, error=f"label outside the taxonomy: {label!r}"[:500], **tokens
+            )
+        confidence = None
+        logprobs = getattr(choice, "logprobs", None)
+        if logprobs is not None and logprobs.content:
+            # Constrained decoding forces the JSON scaffolding, so the answer's joint
+            # probability is the label's probability.
+            confidence = min(1.0, math.exp(sum(t.logprob for t in logprobs.content)))
+        return self._result(start, OK, label=label, confidence=confidence, **tokens)

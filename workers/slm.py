@@ -1,0 +1,173 @@
+"""The SLM stage: classify a batch of documents with the task's llama.cpp model, keep
+the confident ones, and escalate the rest to the frontier stage.
+
+Models are loaded once per worker process (in ``worker_process_init`` for the default
+task, lazily for others) and a bounded number stay resident.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+
+from celery.signals import worker_process_init
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from models.classifier import Classifier, RuntimeOptions
+from models.registry import model_name, spec_for, task_taxonomy
+from shiftdown.db import dispose_engines, session_scope
+from shiftdown.errors import FatalError, RetryableError
+from shiftdown.schema import DocState, Document, ModelVersion, Run, Stage, Task
+from shiftdown.settings import Settings, get_settings
+from shiftdown.taxonomy import Taxonomy
+from workers.app import TASK_FRONTIER, TASK_SLM, app, dispatch
+from workers.store import insert_predictions, move_documents
+
+log = logging.getLogger(__name__)
+
+_resident: OrderedDict[tuple[int, str], Classifier] = OrderedDict()
+
+
+def runtime_options(s: Settings) -> RuntimeOptions:
+    """llama.cpp options from settings."""
+    return RuntimeOptions(
+        n_ctx=s.n_ctx,
+        # llama-cpp-python's own default is half the cores; a worker process that is
+        # alone on its machine should use them all (set n_threads when running several).
+        n_threads=s.n_threads or os.cpu_count() or 1,
+        n_batch=s.n_batch,
+        n_gpu_layers=s.n_gpu_layers,
+        max_text_chars=s.max_text_chars,
+    )
+
+
+def get_classifier(version: ModelVersion, taxonomy: Taxonomy) -> Classifier:
+    """The loaded model for this version and label list, loading it (LRU) if needed."""
+    key = (version.id, taxonomy.hash)
+    clf = _resident.get(key)
+    if clf is not None:
+        _resident.move_to_end(key)
+        return clf
+    s = get_settings()
+    while len(_resident) >= s.max_resident_models:
+        _resident.popitem(last=False)
+    clf = Classifier(spec_for(version, taxonomy), runtime_options(s))
+    _resident[key] = clf
+    log.info("loaded %s for %d labels", model_name(version), len(taxonomy))
+    return clf
+
+
+@worker_process_init.connect
+def _load_default_model(**_: Any) -> None:
+    # Engines made before the fork share sockets with the parent: start clean.
+    dispose_engines()
+    s = get_settings()
+    try:
+        with session_scope() as session:
+            task = session.get(Task, s.task)
+            if task is None or task.model_version_id is None:
+                return
+            version = session.get(ModelVersion, task.model_version_id)
+            if version is not None:
+                get_classifier(version, task_taxonomy(task))
+    except Exception:  # the first batch loads it lazily and reports the error properly
+        log.exception("could not preload the model of task %r", s.task)
+
+
+@dataclass
+class _Work:
+    doc_id: int
+    text: str
+    run: Run
+    task: Task
+    version: ModelVersion
+
+
+def _load(ids: list[int]) -> list[_Work]:
+    with session_scope() as session:
+        docs = session.scalars(
+            select(Document)
+            .where(Document.id.in_(ids), Document.state == DocState.QUEUED)
+            .order_by(Document.run_id, Document.id)
+        ).all()
+        work: list[_Work] = []
+        for run_id, group in groupby(docs, key=lambda d: d.run_id):
+            run = session.get_one(Run, run_id)
+            task = session.get_one(Task, run.task_name)
+            version = session.get_one(ModelVersion, run.model_version_id)
+            work.extend(_Work(d.id, d.text, run, task, version) for d in group)
+        return work
+
+
+def process_batch(ids: list[int]) -> int:
+    """Classify the still-queued documents among ``ids``; returns how many were handled."""
+    s = get_settings()
+    work = _load(ids)
+    if not work:
+        return 0
+    rows: list[dict[str, Any]] = []
+    keep: list[int] = []
+    escalate: list[int] = []
+    truncated: list[int] = []
+    failed: dict[int, str] = {}
+    for item in work:
+        taxonomy = task_taxonomy(item.task)
+        try:
+            clf = get_classifier(item.version, taxonomy)
+            result = clf.classify(item.text)
+        except FatalError as exc:
+            failed[item.doc_id] = str(exc)
+            continue
+        rows.append(
+            {
+                "document_id": item.doc_id,
+                "run_id": item.run.id,
+                "stage": Stage.SLM,
+                "label": result.label,
+                "confidence": result.confidence,
+                "distribution": result.top_k(taxonomy.names, s.store_top_k),
+                "model": model_name(item.version),
+                "model_version_id": item.version.id,
+                "latency_ms": result.latency_ms,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": 0,
+                "cost_usd": 0.0,
+            }
+        )
+        if result.truncated:
+            truncated.append(item.doc_id)
+        (keep if result.confidence >= item.run.threshold else escalate).append(item.doc_id)
+    parked = DocState.ESCALATED if s.frontier_configured else DocState.AWAITING_FRONTIER
+    with session_scope() as session:
+        insert_predictions(session, rows)
+        queued = [DocState.QUEUED]
+        move_documents(session, truncated, queued, truncated=True)
+        move_documents(session, keep, queued, state=DocState.CLASSIFIED, final_stage=Stage.SLM)
+        move_documents(session, escalate, queued, state=parked)
+        for doc_id, error in failed.items():
+            move_documents(session, [doc_id], queued, state=DocState.FAILED, error=error)
+    # After the commit, so that the frontier task finds the state it expects.
+    if parked == DocState.ESCALATED:
+        for doc_id in escalate:
+            dispatch(TASK_FRONTIER, [doc_id], queue=s.frontier_queue)
+    return len(work)
+
+
+@app.task(
+    name=TASK_SLM,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(RetryableError, OperationalError),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=10,
+)
+def classify_batch(self: Any, document_ids: list[int]) -> int:
+    """Celery entry point of the SLM stage; takes document ids only."""
+    return process_batch(document_ids)

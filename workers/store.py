@@ -1,0 +1,47 @@
+"""Idempotent writes shared by the worker stages.
+
+Delivery is at least once, so every write tolerates a second delivery of the same task:
+predictions are unique per (document, stage) and state changes are conditional on the
+state they move from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from shiftdown.schema import Document, Prediction
+
+
+def insert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Bulk-insert predictions, skipping any (document, stage) already stored."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(Prediction).on_conflict_do_nothing(index_elements=["document_id", "stage"])
+    session.execute(stmt, list(rows))
+
+
+def move_documents(
+    session: Session,
+    ids: Iterable[int],
+    from_states: Iterable[str],
+    **values: Any,
+) -> int:
+    """Set ``values`` on the documents still in one of ``from_states``; returns how many."""
+    id_list = list(ids)
+    if not id_list:
+        return 0
+    result = session.execute(
+        update(Document)
+        .where(Document.id.in_(id_list), Document.state.in_(list(from_states)))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
