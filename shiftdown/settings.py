@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     frontier_task_retries: int = Field(
         default=5, ge=0, description="Celery retries of a frontier task after retryable errors."
     )
+    frontier_retry_base_s: float = Field(
+        default=2.0, gt=0, description="First backoff of a retried frontier task (doubles each time)."
+    )
     frontier_response_format: Literal["auto", "json_schema", "json_object"] = Field(
         default="auto",
         description="Structured-output style: OpenAI json_schema, llama.cpp-style json_object "

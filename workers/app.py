@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from shiftdown.settings import Settings, get_settings
 
@@ -69,7 +70,10 @@ def queue_depth(queue: str) -> int:
     if app.conf.task_always_eager:
         return 0
     with app.connection_for_write() as conn:
-        declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+        try:
+            declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+        except ChannelError:  # Redis has no key for an empty queue
+            return 0
         return int(declared.message_count)
 
 

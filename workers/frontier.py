@@ -8,6 +8,7 @@ With no frontier configured, escalated documents are parked as ``awaiting_fronti
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -42,9 +43,9 @@ def reset_client() -> None:
     _client = None
 
 
-def backoff_s(attempt: int) -> float:
-    """Exponential backoff between attempts: 2, 4, 8 … seconds, at most 5 minutes."""
-    return float(min(300, 2**attempt))
+def backoff_s(retry: int) -> float:
+    """Exponential backoff before retry ``retry`` (1, 2, …): base, 2×base, … at most 5 min."""
+    return float(min(300.0, get_settings().frontier_retry_base_s * 2 ** (retry - 1)))
 
 
 def _record(document_id: int, run_id: int, result: FrontierResult, final: bool) -> int:
@@ -145,6 +146,15 @@ def process_document(document_id: int, retries_left: bool) -> FrontierResult | N
 def classify_with_frontier(self: Any, document_id: int) -> str:
     """Celery entry point of the frontier stage; takes a document id only."""
     s = get_settings()
+    if self.request.is_eager:
+        # In-process there is no broker to hold a countdown: wait here, same bounds.
+        for retry in range(s.frontier_task_retries + 1):
+            result = process_document(document_id, retry < s.frontier_task_retries)
+            if result is None or result.status != RETRYABLE:
+                break
+            if retry < s.frontier_task_retries:
+                time.sleep(result.retry_after_s or backoff_s(retry + 1))
+        return result.status if result else "noop"
     retries_left = self.request.retries < s.frontier_task_retries
     result = process_document(document_id, retries_left)
     if result is None:

@@ -120,13 +120,14 @@ class FrontierClient:
                 response = self._request(text, taxonomy)
                 break
             except openai.APIStatusError as exc:
-                rejected = exc.status_code in (400, 422)
-                if rejected and self._auto and self.response_format == "json_schema" and _mentions(
-                    exc, "json_schema", "response_format"
+                # Servers signal an unsupported option with 400, 422 or even 500 (llama.cpp's
+                # server fails request validation with a 500); the message names it.
+                if self._auto and self.response_format == "json_schema" and _mentions(
+                    exc, "json_schema"
                 ):
                     self.response_format = "json_object"
                     continue
-                if rejected and self.logprobs and _mentions(exc, "logprobs"):
+                if self.logprobs and _mentions(exc, "logprobs"):
                     self.logprobs = False
                     continue
                 transient = exc.status_code in (408, 409, 429) or exc.status_code >= 500

@@ -1,0 +1,138 @@
+"""Shared fixtures: real SQLite/Postgres stores, real Redis, settings switched per test,
+and data slices of BANKING77 (the demo copy under demo/banking77)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+import migrations
+from shiftdown.db import dispose_engines
+from shiftdown.settings import get_settings
+from tests.scripted_server import ScriptedServer
+from workers import frontier, slm
+from workers.app import configure
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "demo" / "banking77"
+PG_ADMIN = os.environ.get("SHIFTDOWN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("SHIFTDOWN_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+SETTING_VARS = [
+    k for k in os.environ if k.startswith("SHIFTDOWN_") and not k.startswith("SHIFTDOWN_TEST_")
+] + ["OPENAI_API_KEY", "OPENAI_BASE_URL"]
+
+
+@pytest.fixture(scope="session")
+def banking() -> list[dict[str, str]]:
+    """BANKING77 test queries (text, category), spread over the labels."""
+    with (DEMO / "test.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return rows[::7]
+
+
+@pytest.fixture(scope="session")
+def banking_taxonomy() -> Path:
+    return DEMO / "categories.json"
+
+
+@pytest.fixture(scope="session")
+def reference(banking: list[dict[str, str]]) -> dict[str, str]:
+    """Reference label of every BANKING77 test text."""
+    with (DEMO / "test.csv").open(newline="", encoding="utf-8") as f:
+        return {r["text"]: r["category"] for r in csv.DictReader(f)}
+
+
+def apply_settings(monkeypatch: pytest.MonkeyPatch, **env: str | None) -> None:
+    """Switch settings for this test: environment, caches, Celery app, engines."""
+    for key in SETTING_VARS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        if value is not None:
+            monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    configure()
+    dispose_engines()
+    frontier.reset_client()
+    slm._resident.clear()
+
+
+@pytest.fixture
+def use_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    yield lambda **env: apply_settings(monkeypatch, **env)
+    monkeypatch.undo()
+    get_settings.cache_clear()
+    configure()
+    dispose_engines()
+    frontier.reset_client()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrations.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    name = f"shiftdown_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    yield url
+    dispose_engines()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture
+def scripted(reference: dict[str, str]) -> Iterator[ScriptedServer]:
+    """An OpenAI-compatible server answering with the reference label."""
+    server = ScriptedServer(label_for=lambda text: reference.get(text, "card_arrival")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def write_jsonl(tmp_path: Path) -> Callable[[list[Any], str], Path]:
+    def write(items: list[Any], name: str = "docs.jsonl") -> Path:
+        path = tmp_path / name
+        with path.open("w", encoding="utf-8") as f:
+            for item in items:
+                f.write(item if isinstance(item, str) else json.dumps(item))
+                f.write("\n")
+        return path
+
+    return write
+
+
+def python_bin() -> str:
+    import sys
+
+    return sys.executable
+
+
+def run_cli(*args: str, env: dict[str, str], input_data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The installed ``shiftdown`` command in a subprocess."""
+    return subprocess.run(
+        [python_bin(), "-m", "cli", *args], env=env, input=input_data, capture_output=True, timeout=300
+    )

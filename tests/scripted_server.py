@@ -1,0 +1,96 @@
+"""A small OpenAI-compatible HTTP server on loopback whose answers the test scripts.
+
+It stands in for the paid frontier API: real HTTP, real JSON, real status codes and
+headers, so the openai client and the frontier worker run unchanged against it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Answer = Callable[[dict[str, Any]], tuple[int, dict[str, Any] | str, dict[str, str]]]
+
+
+@dataclass
+class ScriptedServer:
+    """Answers chat completions with ``label_for(user_text)`` unless ``script`` overrides."""
+
+    label_for: Callable[[str], str]
+    prompt_tokens: int = 120
+    completion_tokens: int = 7
+    reject_json_schema: bool = False
+    script: list[Answer] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._httpd is not None
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def default_answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any] | str, dict[str, str]]:
+        fmt = body.get("response_format") or {}
+        if self.reject_json_schema and fmt.get("type") == "json_schema":
+            return 422, {"error": {"message": "response_format.type: json_schema is not supported"}}, {}
+        user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        content = json.dumps({"label": self.label_for(user)})
+        return 200, completion(body["model"], content, self.prompt_tokens, self.completion_tokens), {}
+
+    def start(self) -> ScriptedServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                answer = server.script.pop(0) if server.script else server.default_answer
+                status, payload, headers = answer(body)
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+
+def completion(model: str, content: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """A chat.completion body with usage."""
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }

@@ -1,0 +1,102 @@
+"""The full stack: producer → Redis → a real Celery worker process (both queues) →
+Postgres, with the frontier on a scripted OpenAI-compatible server on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from cli.main import cli
+from shiftdown.db import session_scope
+from shiftdown.schema import DocState, Document
+from tests.helpers import counts, final_labels
+from tests.scripted_server import ScriptedServer
+
+TERMINAL = {DocState.CLASSIFIED, DocState.FRONTIER_FAILED, DocState.FAILED, DocState.AWAITING_FRONTIER}
+
+
+@pytest.fixture
+def stack_env(pg_url: str, redis_url: str, scripted: ScriptedServer) -> dict[str, str]:
+    return {
+        "SHIFTDOWN_DATABASE_URL": pg_url,
+        "SHIFTDOWN_BROKER_URL": redis_url,
+        "SHIFTDOWN_THRESHOLD": "0.5",
+        "SHIFTDOWN_N_THREADS": "2",
+        "OPENAI_BASE_URL": scripted.base_url,
+        "OPENAI_API_KEY": "sk-test-distributed",
+    }
+
+
+@pytest.fixture
+def worker(stack_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIFTDOWN_", "OPENAI_"))}
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "slm,frontier",
+         "-c", "1", "--without-gossip", "--without-mingle", "-l", "info"],
+        env={**env, **stack_env}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    yield proc
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def wait_until_done(run_id: int, n: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with session_scope() as s:
+            done = s.scalar(
+                select(func.count()).where(Document.run_id == run_id, Document.state.in_(TERMINAL))
+            )
+        if done == n:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id}: {done}/{n} documents finished in {timeout_s} s")
+
+
+@pytest.mark.slow
+def test_300_documents_through_redis_and_postgres(
+    use_settings: Callable[..., None], stack_env: dict[str, str], worker: subprocess.Popen[bytes],
+    banking: list[dict[str, str]], banking_taxonomy: Path, write_jsonl: Callable[..., Path],
+    reference: dict[str, str], scripted: ScriptedServer,
+) -> None:
+    use_settings(**stack_env)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    rows = banking[:300]
+    path = write_jsonl([{"id": f"q{i}", "text": r["text"]} for i, r in enumerate(rows)])
+    result = runner.invoke(cli, ["submit", str(path), "--taxonomy", str(banking_taxonomy)])
+    assert result.exit_code == 0, result.output
+    run_id = int(result.stdout.strip())
+    wait_until_done(run_id, 300, timeout_s=240)
+    assert worker.poll() is None
+
+    c = counts(run_id)
+    assert c["documents"] == 300 and c["labelled"] == 300, c
+    assert c["states"] == {DocState.CLASSIFIED: 300}
+    assert c["duplicates"] == 0 and c["stages"]["slm"] == 300
+    escalated = c["stages"].get("frontier", 0)
+    assert 0 < escalated < 300 and c["frontier_calls"] == escalated == len(scripted.requests)
+    labels = final_labels(run_id)
+    texts = {f"q{i}": r["text"] for i, r in enumerate(rows)}
+    assert all(label == reference[texts[ext]] for ext, (label, src) in labels.items() if src == "frontier")
+
+    report = runner.invoke(cli, ["report", str(run_id), "--format", "json"])
+    assert report.exit_code == 0
+    assert '"documents": 300' in report.stdout
+    # The API key reaches neither the broker's messages nor the store.
+    with session_scope() as s:
+        assert not s.scalar(select(func.count()).where(Document.text.contains("sk-test-distributed")))

@@ -1,0 +1,219 @@
+"""The cascade in one process (embedded mode) on SQLite, with real llama.cpp inference
+and a scripted OpenAI-compatible server on loopback for the frontier."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from cli.main import cli
+from producers.escalate import escalate_pending
+from shiftdown.costs import DEFAULT_PRICES
+from shiftdown.db import session_scope
+from shiftdown.schema import DocState, Document, FrontierCall, InputError
+from tests.helpers import counts, final_labels
+from tests.scripted_server import ScriptedServer, completion
+from workers import frontier, slm
+
+
+def _run(args: list[str]) -> Any:
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _report(run_id: int) -> dict[str, Any]:
+    out = _run(["report", str(run_id), "--format", "json"]).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def docs(banking: list[dict[str, str]], write_jsonl: Callable[..., Path]) -> Path:
+    return write_jsonl([{"id": f"d{i}", "text": r["text"]} for i, r in enumerate(banking[:40])])
+
+
+def test_everything_escalates_and_parks_without_a_frontier(
+    use_settings: Callable[..., None], sqlite_url: str, docs: Path, banking_taxonomy: Path,
+    scripted: ScriptedServer, reference: dict[str, str],
+) -> None:
+    use_settings(SHIFTDOWN_DATABASE_URL=sqlite_url, SHIFTDOWN_THRESHOLD="1.0")
+    _run(["run", str(docs), "--taxonomy", str(banking_taxonomy)])
+    c = counts(1)
+    assert c["states"] == {DocState.AWAITING_FRONTIER: 40}
+    assert c["stages"] == {"slm": 40} and c["frontier_calls"] == 0
+    report = _report(1)
+    assert report["escalation_rate"] == 1.0 and report["final"] == 0
+
+    # A frontier appears: the parked documents are sent once, and nothing else is.
+    use_settings(
+        SHIFTDOWN_DATABASE_URL=sqlite_url, OPENAI_BASE_URL=scripted.base_url, OPENAI_API_KEY="sk-test"
+    )
+    out = _run(["escalate", "--pending"]).output
+    assert "40 document(s)" in out
+    c = counts(1)
+    assert c["states"] == {DocState.CLASSIFIED: 40}
+    assert c["stages"] == {"slm": 40, "frontier": 40} and c["frontier_calls"] == 40
+    with session_scope() as s:
+        texts = dict(s.execute(select(Document.external_id, Document.text)).all())
+    assert all(label == reference[texts[ext]] and src == "frontier" for ext, (label, src) in final_labels(1).items())
+    assert escalate_pending() == 0
+
+
+def test_escalation_below_threshold_and_costs_from_recorded_tokens(
+    use_settings: Callable[..., None], sqlite_url: str, docs: Path, banking_taxonomy: Path,
+    scripted: ScriptedServer,
+) -> None:
+    use_settings(
+        SHIFTDOWN_DATABASE_URL=sqlite_url,
+        SHIFTDOWN_THRESHOLD="0.5",
+        OPENAI_BASE_URL=scripted.base_url,
+        OPENAI_API_KEY="sk-test",
+        SHIFTDOWN_FRONTIER_MODEL="gpt-4o",
+    )
+    _run(["run", str(docs), "--taxonomy", str(banking_taxonomy)])
+    with session_scope() as s:
+        confidences = {
+            d.id: (d.state, d.final_stage)
+            for d in s.scalars(select(Document))
+        }
+    report = _report(1)
+    c = counts(1)
+    escalated = c["stages"]["frontier"]
+    assert 0 < escalated < 40, "the zero-shot model should be sure of some and unsure of others"
+    assert report["escalated"] == escalated and c["frontier_calls"] == escalated
+    assert report["escalation_rate"] == pytest.approx(escalated / 40)
+    assert all(state == DocState.CLASSIFIED for state, _ in confidences.values())
+    sources = {src for _, src in final_labels(1).values()}
+    assert sources == {"slm", "frontier"}
+    # Every SLM prediction that escalated is below the threshold; every kept one is not.
+    with session_scope() as s:
+        rows = s.execute(
+            select(Document.final_stage, FrontierCall.id)
+            .join(FrontierCall, FrontierCall.document_id == Document.id, isouter=True)
+        ).all()
+    assert all((stage == "frontier") == (call is not None) for stage, call in rows)
+
+    price = DEFAULT_PRICES["gpt-4o"]
+    per_call = (120 * price.input_per_1m + 7 * price.output_per_1m) / 1e6
+    f = report["frontier"]
+    assert f["calls"] == escalated
+    assert f["prompt_tokens"] == 120 * escalated and f["completion_tokens"] == 7 * escalated
+    assert f["usd"] == pytest.approx(per_call * escalated, rel=1e-6)
+    assert report["usd_per_1k_docs"] == pytest.approx(per_call * escalated / 40 * 1000, rel=1e-4)
+    cf = report["counterfactual"]
+    assert cf["all_frontier_usd"] == pytest.approx(per_call * 40, rel=1e-4)
+    assert cf["saving_pct"] == pytest.approx(100 * (1 - escalated / 40), abs=0.01)
+    assert "recorded" in cf["basis"]
+    assert report["latency"]["slm"]["n"] == 40 and report["latency"]["slm"]["p95_ms"] > 0
+    assert report["docs_per_s"] > 0
+
+
+def test_rerunning_tasks_writes_nothing_twice(
+    use_settings: Callable[..., None], sqlite_url: str, docs: Path, banking_taxonomy: Path,
+    scripted: ScriptedServer,
+) -> None:
+    use_settings(
+        SHIFTDOWN_DATABASE_URL=sqlite_url, SHIFTDOWN_THRESHOLD="0.5",
+        OPENAI_BASE_URL=scripted.base_url,
+    )
+    _run(["run", str(docs), "--taxonomy", str(banking_taxonomy)])
+    before = counts(1)
+    with session_scope() as s:
+        ids = list(s.scalars(select(Document.id).order_by(Document.id)))
+    # Second deliveries of every task, as a redelivery after a lost ack would make them.
+    assert slm.classify_batch.apply(args=[ids]).get() == 0
+    for doc_id in ids:
+        assert frontier.classify_with_frontier.apply(args=[doc_id]).get() == "noop"
+    assert counts(1) == before
+    assert before["duplicates"] == 0 and before["labelled"] == 40
+    assert len(scripted.requests) == before["frontier_calls"]
+
+
+def test_malformed_lines_are_recorded_and_the_rest_goes_through(
+    use_settings: Callable[..., None], sqlite_url: str, banking_taxonomy: Path,
+    write_jsonl: Callable[..., Path],
+) -> None:
+    use_settings(SHIFTDOWN_DATABASE_URL=sqlite_url)
+    path = write_jsonl(
+        [
+            {"id": "a", "text": "My card has not arrived yet"},
+            "{broken json",
+            {"id": "b", "text": ""},
+            {"id": "c", "body": "wrong field"},
+            {"id": "a", "text": "duplicate id"},
+            {"id": "d", "text": "How do I change my PIN?"},
+        ]
+    )
+    result = CliRunner().invoke(cli, ["submit", str(path), "--taxonomy", str(banking_taxonomy)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "1"
+    assert "4 record(s) rejected" in result.stderr
+    with session_scope() as s:
+        errors = {e.line_no: e.error for e in s.scalars(select(InputError))}
+    assert set(errors) == {2, 3, 4, 5}
+    assert "invalid JSON" in errors[2] and "empty" in errors[3]
+    assert "missing field 'text'" in errors[4] and "duplicate id 'a'" in errors[5]
+    c = counts(1)
+    assert c["documents"] == 2 and c["stages"] == {"slm": 2}
+    assert _report(1)["rejected"] == 4
+
+
+def test_stdin_and_json_schema_fallback(
+    use_settings: Callable[..., None], sqlite_url: str, banking_taxonomy: Path,
+    reference: dict[str, str],
+) -> None:
+    server = ScriptedServer(label_for=lambda t: reference.get(t, "card_arrival"), reject_json_schema=True).start()
+    try:
+        use_settings(
+            SHIFTDOWN_DATABASE_URL=sqlite_url, SHIFTDOWN_THRESHOLD="1.0",
+            OPENAI_BASE_URL=server.base_url,
+        )
+        texts = list(reference)[:3]
+        result = CliRunner().invoke(
+            cli, ["run", "-", "--format", "text", "--taxonomy", str(banking_taxonomy)],
+            input="\n".join(texts) + "\n",
+        )
+        assert result.exit_code == 0, result.output
+        formats = [r["response_format"]["type"] for r in server.requests]
+        assert formats == ["json_schema", "json_object", "json_object", "json_object"]
+        assert server.requests[1]["response_format"]["schema"]["properties"]["label"]["enum"][0] == "card_arrival"
+        with session_scope() as s:
+            calls = list(s.scalars(select(FrontierCall)))
+        assert [c.response_format for c in calls] == ["json_object"] * 3
+        assert [lbl for lbl, _ in final_labels(1).values()] == [reference[t] for t in texts]
+    finally:
+        server.stop()
+
+
+def test_frontier_answers_outside_the_taxonomy_end_failed_with_the_reason(
+    use_settings: Callable[..., None], sqlite_url: str, banking_taxonomy: Path,
+    write_jsonl: Callable[..., Path],
+) -> None:
+    def wrong(body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        return 200, completion(body["model"], '{"label": "not_a_label"}', 50, 5), {}
+
+    server = ScriptedServer(label_for=lambda t: "x", script=[wrong] * 3).start()
+    try:
+        use_settings(
+            SHIFTDOWN_DATABASE_URL=sqlite_url, SHIFTDOWN_THRESHOLD="1.0",
+            OPENAI_BASE_URL=server.base_url, SHIFTDOWN_FRONTIER_TASK_RETRIES="2",
+            SHIFTDOWN_FRONTIER_RETRY_BASE_S="0.01",
+        )
+        path = write_jsonl([{"text": "Where is my money?"}])
+        _run(["run", str(path), "--taxonomy", str(banking_taxonomy)])
+        with session_scope() as s:
+            doc = s.scalars(select(Document)).one()
+            calls = list(s.scalars(select(FrontierCall).order_by(FrontierCall.attempt)))
+        assert doc.state == DocState.FRONTIER_FAILED
+        assert "outside the taxonomy" in (doc.error or "")
+        # Three billed attempts (one plus two retries), each recorded once with its tokens.
+        assert [c.attempt for c in calls] == [1, 2, 3]
+        assert all(c.prompt_tokens == 50 and c.status == "retryable" for c in calls)
+    finally:
+        server.stop()
