@@ -9,7 +9,9 @@ from producers.escalate import escalate_pending
 
 
 @click.command()
-@click.option("--pending", is_flag=True, required=True, help="Send documents parked as awaiting_frontier.")
+@click.option(
+    "--pending", is_flag=True, required=True, help="Send documents parked as awaiting_frontier."
+)
 @click.option("--run", "run_id", type=int, default=None, help="Only this run's documents.")
 @handle_errors
 def escalate(pending: bool, run_id: int | None) -> None:

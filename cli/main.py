@@ -8,6 +8,7 @@ import click
 
 from cli.db import db
 from cli.escalate import escalate
+from cli.finetune import finetune
 from cli.report import report
 from cli.run import run
 from cli.submit import submit
@@ -21,5 +22,5 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
 
-for command in (run, submit, report, escalate, db):
+for command in (run, submit, report, escalate, finetune, db):
     cli.add_command(command)

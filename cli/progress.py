@@ -12,9 +12,9 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     SpinnerColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
-    Task,
     TimeRemainingColumn,
 )
 from rich.text import Text
@@ -43,7 +43,9 @@ def progress_bar(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
+    with Progress(
+        *columns, console=console, transient=False, disable=not console.is_terminal
+    ) as bar:
         task_id = bar.add_task(description, total=total)
 
         def advance(n: int) -> None:

@@ -25,7 +25,9 @@ def _fmt(value: Any, unit: str = "") -> str:
 
 def render_table(data: dict[str, Any]) -> Table:
     """The report as a two-column rich table."""
-    table = Table(title=f"shiftdown run {data['run_id']} · task {data['task']} · model {data['model']}")
+    table = Table(
+        title=f"shiftdown run {data['run_id']} · task {data['task']} · model {data['model']}"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     frontier, cf = data["frontier"], data["counterfactual"]
@@ -36,15 +38,23 @@ def render_table(data: dict[str, Any]) -> Table:
         *((f"  final from {k}", _fmt(v)) for k, v in sorted(data["final_by_stage"].items())),
         *((f"  state {k}", _fmt(v)) for k, v in sorted(data["states"].items())),
         (f"escalated (confidence < {data['threshold']})", _fmt(data["escalated"])),
-        ("escalation rate", _fmt(None if data["escalation_rate"] is None else 100 * data["escalation_rate"], " %")),
+        (
+            "escalation rate",
+            _fmt(None if data["escalation_rate"] is None else 100 * data["escalation_rate"], " %"),
+        ),
         ("elapsed", _fmt(data["elapsed_s"], " s")),
         ("throughput", _fmt(data["docs_per_s"], " docs/s")),
     ]
     for stage, lat in data["latency"].items():
-        rows.append((f"{stage} latency p50 / p95", f"{_fmt(lat['p50_ms'])} / {_fmt(lat['p95_ms'])} ms"))
+        rows.append(
+            (f"{stage} latency p50 / p95", f"{_fmt(lat['p50_ms'])} / {_fmt(lat['p95_ms'])} ms")
+        )
     rows += [
         ("frontier calls", _fmt(frontier["calls"])),
-        ("frontier tokens (prompt / completion)", f"{frontier['prompt_tokens']:,} / {frontier['completion_tokens']:,}"),
+        (
+            "frontier tokens (prompt / completion)",
+            f"{frontier['prompt_tokens']:,} / {frontier['completion_tokens']:,}",
+        ),
         (f"frontier cost ({frontier['price_model']} prices)", _fmt(frontier["usd"], " USD")),
         ("cost per 1,000 documents", _fmt(data["usd_per_1k_docs"], " USD")),
         ("all-frontier cost (counterfactual)", _fmt(cf["all_frontier_usd"], " USD")),
@@ -70,7 +80,9 @@ def print_report(run_id: int | None, fmt: str) -> None:
 
 @click.command()
 @click.argument("run_id", type=int, required=False)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 @handle_errors
 def report(run_id: int | None, fmt: str) -> None:
     """Report on RUN_ID (default: the latest run)."""

@@ -13,7 +13,9 @@ from workers.app import run_in_process
 
 @click.command()
 @input_options
-@click.option("--report-format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--report-format", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 @handle_errors
 def run(
     source: str,

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.coding import ANSWER_PREFIX, PLAIN_TEMPLATE, SYSTEM_PROMPT, TEXT_SLOT, PromptTemplate, assign_codes
+from models.coding import (
+    ANSWER_PREFIX,
+    PLAIN_TEMPLATE,
+    SYSTEM_PROMPT,
+    TEXT_SLOT,
+    PromptTemplate,
+    Vocab,
+)
 from shiftdown.errors import ModelError
 
 
@@ -107,9 +114,10 @@ class Classifier:
         self.temperature = float(spec.manifest.get("temperature", 1.0))
         template = spec.manifest.get("prompt_template") or chat_template_prompt(self._llm.metadata)
         self.template = PromptTemplate(template)
+        self._vocab = Vocab(self._llm)
         prefix, suffix = self.template.split(self.labels)
-        self._prefix = self._llm.tokenize(prefix.encode(), add_bos=True, special=True)
-        self._suffix = self._llm.tokenize(suffix.encode(), add_bos=False, special=True)
+        self._prefix = self._vocab.encode_fixed(prefix, first=True)
+        self._suffix = self._vocab.encode_fixed(suffix, first=False)
         self.codes = self._codes(spec.manifest)
         self._code_index = np.asarray(self.codes, dtype=np.intp)
         self._max_doc_tokens = options.n_ctx - len(self._prefix) - len(self._suffix)
@@ -126,12 +134,7 @@ class Classifier:
             if list(manifest.get("labels", [])) != self.labels:
                 raise ModelError("the model's label coding was made for another label list")
             return [int(c) for c in coded]
-        vocab = [
-            self._llm.detokenize([i]).decode("utf-8", "replace") for i in range(self._llm.n_vocab())
-        ]
-        return assign_codes(
-            self.labels, lambda s: self._llm.tokenize(s.encode(), add_bos=False), vocab
-        )
+        return self._vocab.codes(self.labels)
 
     @property
     def prefix_tokens(self) -> int:
@@ -144,12 +147,7 @@ class Classifier:
 
         start = time.perf_counter()
         truncated = len(text) > self.options.max_text_chars
-        # special=False: a document can never smuggle in control tokens such as <|im_end|>.
-        doc = self._llm.tokenize(
-            text[: self.options.max_text_chars].encode("utf-8", "replace"),
-            add_bos=False,
-            special=False,
-        )
+        doc = self._vocab.encode_document(text[: self.options.max_text_chars])
         if len(doc) > self._max_doc_tokens:
             doc = doc[: self._max_doc_tokens]
             truncated = True

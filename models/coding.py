@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from shiftdown.errors import ModelError
 
@@ -58,9 +59,7 @@ def _words(label: str) -> list[str]:
     return [w for w in re.split(r"[\s_\-/]+", label) if w]
 
 
-def assign_codes(
-    labels: Sequence[str], tokenize: Tokenize, vocab: Sequence[str]
-) -> list[int]:
+def assign_codes(labels: Sequence[str], tokenize: Tokenize, vocab: Sequence[str]) -> list[int]:
     """One distinct token id per label, preferring the label's own words.
 
     ``tokenize`` encodes text without BOS; ``vocab`` is the decoded text of every token
@@ -95,3 +94,37 @@ def assign_codes(
                 raise ModelError("vocabulary too small to code every label") from None
             taken.add(codes[index])
     return codes
+
+
+# Template of fine-tuned models: no label list (the model has learned the codes), so
+# the fixed prefix is a few tokens and each document costs its own tokens plus 8.
+FINETUNE_TEMPLATE = "<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\nIntent:"
+
+
+class Vocab:
+    """Tokenization shared by training and serving, through llama.cpp's own tokenizer.
+
+    Fine-tuning and the SLM worker both encode prompts here, so a model is trained on
+    exactly the token ids it is later served with.
+    """
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+
+    def encode_fixed(self, text: str, first: bool) -> list[int]:
+        """Template text: special tokens allowed, BOS only at the very start."""
+        return list(self.llm.tokenize(text.encode(), add_bos=first, special=True))
+
+    def encode_document(self, text: str) -> list[int]:
+        """Document text: never parsed for special tokens, so it cannot inject any."""
+        return list(
+            self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False)
+        )
+
+    def codes(self, labels: Sequence[str]) -> list[int]:
+        """The label coding of ``assign_codes`` for this vocabulary."""
+        n = self.llm.n_vocab()
+        vocab = [self.llm.detokenize([i]).decode("utf-8", "replace") for i in range(n)]
+        return assign_codes(
+            labels, lambda s: list(self.llm.tokenize(s.encode(), add_bos=False)), vocab
+        )

@@ -16,14 +16,13 @@ from sqlalchemy.orm import Session
 
 from models.base import default_gguf_path
 from models.classifier import ModelSpec
+from models.finetune_manifest import verify_base
 from shiftdown.errors import ConfigError, ModelError
 from shiftdown.schema import ModelVersion, Task
 from shiftdown.taxonomy import Taxonomy
 
 
-def ensure_task(
-    session: Session, name: str, taxonomy: Taxonomy | None, threshold: float
-) -> Task:
+def ensure_task(session: Session, name: str, taxonomy: Taxonomy | None, threshold: float) -> Task:
     """The task ``name``, created or given the new taxonomy when one is passed."""
     task = session.get(Task, name)
     if task is None:
@@ -64,9 +63,13 @@ def read_manifest(gguf_path: Path) -> dict[str, Any]:
 
 
 def register(
-    session: Session, task_name: str, gguf_path: str | Path, adapter_path: str | None = None
+    session: Session,
+    task_name: str,
+    gguf_path: str | Path,
+    adapter_path: str | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> ModelVersion:
-    """The version of ``task_name`` for this file, registering it if new."""
+    """The version of ``task_name`` for this file (and adapter), registering it if new."""
     path = Path(gguf_path).resolve()
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
@@ -89,11 +92,41 @@ def register(
         version=(latest or 0) + 1,
         gguf_path=str(path),
         adapter_path=adapter_path,
-        manifest=read_manifest(path),
+        manifest=manifest if manifest is not None else read_manifest(path),
     )
     session.add(version)
     session.flush()
     return version
+
+
+def load_model_dir(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
+    """(base GGUF, adapter, manifest) of a model directory made by ``shiftdown finetune``.
+
+    The base is looked up beside the manifest, then as the bundled default model; its
+    SHA-256 must match the one the adapter was trained on.
+    """
+    manifest_path = path / "manifest.json" if path.is_dir() else path
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"unreadable model manifest {manifest_path}: {exc}") from exc
+    folder = manifest_path.parent
+    base_name = manifest.get("base_model", {}).get("file")
+    if not base_name:
+        raise ModelError(f"{manifest_path} names no base model")
+    beside = folder / base_name
+    default = default_gguf_path()
+    if beside.is_file():
+        base = beside
+    elif default.name == base_name:
+        base = default
+    else:
+        raise ModelError(f"base model {base_name} of {manifest_path} not found")
+    verify_base(base, manifest)
+    adapter = folder / manifest["adapter"] if manifest.get("adapter") else None
+    if adapter is not None and not adapter.is_file():
+        raise ModelError(f"adapter {adapter} of {manifest_path} not found")
+    return base, adapter, manifest
 
 
 def promote(session: Session, task: Task, version: ModelVersion) -> None:
@@ -113,7 +146,17 @@ def resolve_model(
     registered and promoted, so the single-task case needs no registry commands.
     """
     if ref:
-        if Path(ref).is_file():
+        ref_path = Path(ref)
+        if ref_path.is_dir() or ref_path.name == "manifest.json":
+            base, adapter, manifest = load_model_dir(ref_path)
+            check_labels(manifest, task)
+            version = register(
+                session, task.name, base, str(adapter.resolve()) if adapter else None, manifest
+            )
+            if task.model_version_id is None:
+                promote(session, task, version)
+            return version
+        if ref_path.is_file():
             version = register(session, task.name, ref)
             if task.model_version_id is None:
                 promote(session, task, version)
@@ -136,6 +179,17 @@ def resolve_model(
     version = register(session, task.name, default_path or default_gguf_path())
     promote(session, task, version)
     return version
+
+
+def check_labels(manifest: dict[str, Any], task: Task) -> None:
+    """A model trained for another label list is never used silently."""
+    trained = manifest.get("labels")
+    current = [label["name"] for label in task.taxonomy]
+    if trained is not None and list(trained) != current:
+        raise ConfigError(
+            f"the model was trained for {len(trained)} labels that differ from task "
+            f"{task.name!r}'s {len(current)}: retrain it for the current taxonomy"
+        )
 
 
 def spec_for(version: ModelVersion, taxonomy: Taxonomy) -> ModelSpec:

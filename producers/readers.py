@@ -12,7 +12,7 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, cast
 
 Format = Literal["auto", "jsonl", "csv", "text"]
 
@@ -57,7 +57,7 @@ def detect_format(name: str, first_line: bytes | None = None) -> Format:
     return "text"
 
 
-def _check_text(line_no: int, value: object, field: str, raw: str) -> Record | Rejected | str:
+def _check_text(line_no: int, value: object, field: str, raw: str) -> Rejected | str:
     if value is None:
         return Rejected(line_no, f"line {line_no}: missing field {field!r}", _excerpt(raw))
     if not isinstance(value, str):
@@ -173,9 +173,9 @@ def read_records(
 ) -> Iterable[Record | Rejected]:
     """Records of ``stream`` in format ``fmt`` (``auto``: by name, else by content)."""
     if fmt == "auto":
-        buffered = io.BufferedReader(stream) if not hasattr(stream, "peek") else stream
-        first = buffered.peek(4096).split(b"\n", 1)[0]  # type: ignore[union-attr]
-        fmt = detect_format(name, first)
+        # Peek at the first line without consuming it (stdin cannot be rewound).
+        buffered: Any = stream if hasattr(stream, "peek") else io.BufferedReader(cast(Any, stream))
+        fmt = detect_format(name, buffered.peek(4096).split(b"\n", 1)[0])
         stream = buffered
     if fmt == "jsonl":
         return read_jsonl(stream, text_field, id_field)

@@ -123,7 +123,7 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
     price_model = settings.frontier_price_model or settings.frontier_model
     if ok_tokens[0]:
         basis = f"mean tokens of {ok_tokens[0]} recorded frontier calls"
-        mean_prompt, mean_completion = float(ok_tokens[1]), float(ok_tokens[2])
+        mean_prompt, mean_completion = float(ok_tokens[1] or 0), float(ok_tokens[2] or 0)
     else:
         mean_chars = session.scalar(
             select(func.avg(func.length(Document.text))).where(Document.run_id == run_id)
@@ -134,7 +134,7 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
         price_model, round(mean_prompt), round(mean_completion), settings.price_table()
     )
     counterfactual = per_doc * n_docs if per_doc is not None else None
-    spent = float(spent)
+    spent = float(spent or 0.0)
     return {
         "run_id": run.id,
         "task": run.task_name,

@@ -73,7 +73,9 @@ class ModelVersion(Base):
     """One registered GGUF model (optionally with a LoRA adapter) for a task."""
 
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("task_name", "version", name="uq_model_versions_task_version"),)
+    __table_args__ = (
+        UniqueConstraint("task_name", "version", name="uq_model_versions_task_version"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_name: Mapped[str] = mapped_column(String(100), index=True)

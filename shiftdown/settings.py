@@ -20,7 +20,11 @@ class Settings(BaseSettings):
     """shiftdown's configuration; every field maps to ``SHIFTDOWN_<NAME>``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SHIFTDOWN_", env_file=".env", extra="ignore", populate_by_name=True
+        env_prefix="SHIFTDOWN_",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        populate_by_name=True,
     )
 
     database_url: str = Field(
@@ -42,7 +46,8 @@ class Settings(BaseSettings):
     )
     n_ctx: int = Field(default=2048, description="llama.cpp context length in tokens.")
     n_threads: int | None = Field(
-        default=None, description="llama.cpp threads per worker process (unset: llama.cpp's choice)."
+        default=None,
+        description="llama.cpp threads per worker process (unset: llama.cpp's choice).",
     )
     n_batch: int = Field(default=512, description="llama.cpp batch size for prompt evaluation.")
     n_gpu_layers: int = Field(
@@ -65,9 +70,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Documents longer than this are cut to it before tokenizing (recorded).",
     )
-    slm_batch_size: int = Field(
-        default=32, ge=1, description="Documents per SLM Celery task."
-    )
+    slm_batch_size: int = Field(default=32, ge=1, description="Documents per SLM Celery task.")
     max_queue_depth: int = Field(
         default=2_000,
         ge=1,
@@ -102,7 +105,9 @@ class Settings(BaseSettings):
         default=5, ge=0, description="Celery retries of a frontier task after retryable errors."
     )
     frontier_retry_base_s: float = Field(
-        default=2.0, gt=0, description="First backoff of a retried frontier task (doubles each time)."
+        default=2.0,
+        gt=0,
+        description="First backoff of a retried frontier task (doubles each time).",
     )
     frontier_response_format: Literal["auto", "json_schema", "json_object"] = Field(
         default="auto",

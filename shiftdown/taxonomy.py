@@ -78,7 +78,9 @@ class Taxonomy:
         elif isinstance(data, list):
             items = data
         else:
-            raise TaxonomyError("a taxonomy is a list of labels or a mapping of label to description")
+            raise TaxonomyError(
+                "a taxonomy is a list of labels or a mapping of label to description"
+            )
         labels = []
         for position, item in enumerate(items, start=1):
             if isinstance(item, str):

@@ -131,8 +131,14 @@ def python_bin() -> str:
     return sys.executable
 
 
-def run_cli(*args: str, env: dict[str, str], input_data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def run_cli(
+    *args: str, env: dict[str, str], input_data: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """The installed ``shiftdown`` command in a subprocess."""
     return subprocess.run(
-        [python_bin(), "-m", "cli", *args], env=env, input=input_data, capture_output=True, timeout=300
+        [python_bin(), "-m", "cli", *args],
+        env=env,
+        input=input_data,
+        capture_output=True,
+        timeout=300,
     )

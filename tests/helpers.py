@@ -15,12 +15,16 @@ def counts(run_id: int) -> dict[str, Any]:
     with session_scope() as s:
         states = dict(
             s.execute(
-                select(Document.state, func.count()).where(Document.run_id == run_id).group_by(Document.state)
+                select(Document.state, func.count())
+                .where(Document.run_id == run_id)
+                .group_by(Document.state)
             ).all()
         )
         stages = dict(
             s.execute(
-                select(Prediction.stage, func.count()).where(Prediction.run_id == run_id).group_by(Prediction.stage)
+                select(Prediction.stage, func.count())
+                .where(Prediction.run_id == run_id)
+                .group_by(Prediction.stage)
             ).all()
         )
         dup = s.scalar(
@@ -34,7 +38,8 @@ def counts(run_id: int) -> dict[str, Any]:
         )
         calls = s.scalar(select(func.count()).where(FrontierCall.run_id == run_id))
         labelled = s.execute(
-            text("SELECT count(*), count(label) FROM document_labels WHERE run_id = :r"), {"r": run_id}
+            text("SELECT count(*), count(label) FROM document_labels WHERE run_id = :r"),
+            {"r": run_id},
         ).one()
     return {
         "states": states,
@@ -50,6 +55,7 @@ def final_labels(run_id: int) -> dict[str, tuple[str, str]]:
     """external id -> (label, source) from the document_labels view."""
     with session_scope() as s:
         rows = s.execute(
-            text("SELECT external_id, label, source FROM document_labels WHERE run_id = :r"), {"r": run_id}
+            text("SELECT external_id, label, source FROM document_labels WHERE run_id = :r"),
+            {"r": run_id},
         ).all()
     return {r[0]: (r[1], r[2]) for r in rows}

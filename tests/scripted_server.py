@@ -34,13 +34,23 @@ class ScriptedServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}/v1"
 
-    def default_answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any] | str, dict[str, str]]:
+    def default_answer(
+        self, body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any] | str, dict[str, str]]:
         fmt = body.get("response_format") or {}
         if self.reject_json_schema and fmt.get("type") == "json_schema":
-            return 422, {"error": {"message": "response_format.type: json_schema is not supported"}}, {}
+            return (
+                422,
+                {"error": {"message": "response_format.type: json_schema is not supported"}},
+                {},
+            )
         user = next(m["content"] for m in body["messages"] if m["role"] == "user")
         content = json.dumps({"label": self.label_for(user)})
-        return 200, completion(body["model"], content, self.prompt_tokens, self.completion_tokens), {}
+        return (
+            200,
+            completion(body["model"], content, self.prompt_tokens, self.completion_tokens),
+            {},
+        )
 
     def start(self) -> ScriptedServer:
         server = self
@@ -54,7 +64,9 @@ class ScriptedServer:
                 server.requests.append(body)
                 answer = server.script.pop(0) if server.script else server.default_answer
                 status, payload, headers = answer(body)
-                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                data = (
+                    payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                )
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -73,7 +85,9 @@ class ScriptedServer:
             self._httpd.server_close()
 
 
-def completion(model: str, content: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def completion(
+    model: str, content: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
     """A chat.completion body with usage."""
     return {
         "id": "chatcmpl-test",

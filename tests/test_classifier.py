@@ -21,10 +21,14 @@ def labels(banking_taxonomy: Path) -> tuple[str, ...]:
 
 @pytest.fixture(scope="module")
 def clf(labels: tuple[str, ...]) -> Classifier:
-    return Classifier(ModelSpec(str(default_gguf_path()), labels), RuntimeOptions(n_ctx=1024, n_threads=2))
+    return Classifier(
+        ModelSpec(str(default_gguf_path()), labels), RuntimeOptions(n_ctx=1024, n_threads=2)
+    )
 
 
-def test_every_label_gets_a_distinct_single_token_code(clf: Classifier, labels: tuple[str, ...]) -> None:
+def test_every_label_gets_a_distinct_single_token_code(
+    clf: Classifier, labels: tuple[str, ...]
+) -> None:
     assert len(set(clf.codes)) == len(labels) == 77
 
 
@@ -57,7 +61,9 @@ def test_documents_cannot_inject_control_tokens(clf: Classifier) -> None:
 
 
 def test_manifest_coding_must_match_the_labels(labels: tuple[str, ...]) -> None:
-    spec = ModelSpec(str(default_gguf_path()), labels, manifest={"labels": ["x"], "label_codes": [1]})
+    spec = ModelSpec(
+        str(default_gguf_path()), labels, manifest={"labels": ["x"], "label_codes": [1]}
+    )
     with pytest.raises(ModelError, match="another label list"):
         Classifier(spec, RuntimeOptions(n_ctx=1024))
 

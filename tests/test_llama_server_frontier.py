@@ -31,9 +31,23 @@ def _free_port() -> int:
 def llama_server() -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path()),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--logits_all", "true"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(default_gguf_path()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--logits_all",
+            "true",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 60
@@ -53,8 +67,11 @@ def llama_server() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_escalation_to_a_real_openai_compatible_server(
-    use_settings: Callable[..., None], sqlite_url: str, llama_server: str,
-    banking_taxonomy: Path, write_jsonl: Callable[..., Path],
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    llama_server: str,
+    banking_taxonomy: Path,
+    write_jsonl: Callable[..., Path],
 ) -> None:
     use_settings(
         SHIFTDOWN_DATABASE_URL=sqlite_url,
@@ -63,7 +80,9 @@ def test_escalation_to_a_real_openai_compatible_server(
         SHIFTDOWN_FRONTIER_MODEL="smollm2-local",
         SHIFTDOWN_FRONTIER_PRICE_MODEL="gpt-4o-mini",
     )
-    path = write_jsonl([{"text": "My card still has not arrived"}, {"text": "What is the exchange rate?"}])
+    path = write_jsonl(
+        [{"text": "My card still has not arrived"}, {"text": "What is the exchange rate?"}]
+    )
     result = CliRunner().invoke(cli, ["run", str(path), "--taxonomy", str(banking_taxonomy)])
     assert result.exit_code == 0, result.output
     with session_scope() as s:

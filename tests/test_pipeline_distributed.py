@@ -21,7 +21,12 @@ from shiftdown.schema import DocState, Document
 from tests.helpers import counts, final_labels
 from tests.scripted_server import ScriptedServer
 
-TERMINAL = {DocState.CLASSIFIED, DocState.FRONTIER_FAILED, DocState.FAILED, DocState.AWAITING_FRONTIER}
+TERMINAL = {
+    DocState.CLASSIFIED,
+    DocState.FRONTIER_FAILED,
+    DocState.FAILED,
+    DocState.AWAITING_FRONTIER,
+}
 
 
 @pytest.fixture
@@ -41,9 +46,25 @@ def worker(stack_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Pop
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIFTDOWN_", "OPENAI_"))}
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "slm,frontier",
-         "-c", "1", "--without-gossip", "--without-mingle", "-l", "info"],
-        env={**env, **stack_env}, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            "slm,frontier",
+            "-c",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "info",
+        ],
+        env={**env, **stack_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     yield proc
     proc.send_signal(signal.SIGTERM)
@@ -69,9 +90,14 @@ def wait_until_done(run_id: int, n: int, timeout_s: float) -> None:
 
 @pytest.mark.slow
 def test_300_documents_through_redis_and_postgres(
-    use_settings: Callable[..., None], stack_env: dict[str, str], worker: subprocess.Popen[bytes],
-    banking: list[dict[str, str]], banking_taxonomy: Path, write_jsonl: Callable[..., Path],
-    reference: dict[str, str], scripted: ScriptedServer,
+    use_settings: Callable[..., None],
+    stack_env: dict[str, str],
+    worker: subprocess.Popen[bytes],
+    banking: list[dict[str, str]],
+    banking_taxonomy: Path,
+    write_jsonl: Callable[..., Path],
+    reference: dict[str, str],
+    scripted: ScriptedServer,
 ) -> None:
     use_settings(**stack_env)
     runner = CliRunner()
@@ -92,11 +118,15 @@ def test_300_documents_through_redis_and_postgres(
     assert 0 < escalated < 300 and c["frontier_calls"] == escalated == len(scripted.requests)
     labels = final_labels(run_id)
     texts = {f"q{i}": r["text"] for i, r in enumerate(rows)}
-    assert all(label == reference[texts[ext]] for ext, (label, src) in labels.items() if src == "frontier")
+    assert all(
+        label == reference[texts[ext]] for ext, (label, src) in labels.items() if src == "frontier"
+    )
 
     report = runner.invoke(cli, ["report", str(run_id), "--format", "json"])
     assert report.exit_code == 0
     assert '"documents": 300' in report.stdout
     # The API key reaches neither the broker's messages nor the store.
     with session_scope() as s:
-        assert not s.scalar(select(func.count()).where(Document.text.contains("sk-test-distributed")))
+        assert not s.scalar(
+            select(func.count()).where(Document.text.contains("sk-test-distributed"))
+        )

@@ -39,8 +39,12 @@ def docs(banking: list[dict[str, str]], write_jsonl: Callable[..., Path]) -> Pat
 
 
 def test_everything_escalates_and_parks_without_a_frontier(
-    use_settings: Callable[..., None], sqlite_url: str, docs: Path, banking_taxonomy: Path,
-    scripted: ScriptedServer, reference: dict[str, str],
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    docs: Path,
+    banking_taxonomy: Path,
+    scripted: ScriptedServer,
+    reference: dict[str, str],
 ) -> None:
     use_settings(SHIFTDOWN_DATABASE_URL=sqlite_url, SHIFTDOWN_THRESHOLD="1.0")
     _run(["run", str(docs), "--taxonomy", str(banking_taxonomy)])
@@ -52,7 +56,9 @@ def test_everything_escalates_and_parks_without_a_frontier(
 
     # A frontier appears: the parked documents are sent once, and nothing else is.
     use_settings(
-        SHIFTDOWN_DATABASE_URL=sqlite_url, OPENAI_BASE_URL=scripted.base_url, OPENAI_API_KEY="sk-test"
+        SHIFTDOWN_DATABASE_URL=sqlite_url,
+        OPENAI_BASE_URL=scripted.base_url,
+        OPENAI_API_KEY="sk-test",
     )
     out = _run(["escalate", "--pending"]).output
     assert "40 document(s)" in out
@@ -61,12 +67,18 @@ def test_everything_escalates_and_parks_without_a_frontier(
     assert c["stages"] == {"slm": 40, "frontier": 40} and c["frontier_calls"] == 40
     with session_scope() as s:
         texts = dict(s.execute(select(Document.external_id, Document.text)).all())
-    assert all(label == reference[texts[ext]] and src == "frontier" for ext, (label, src) in final_labels(1).items())
+    assert all(
+        label == reference[texts[ext]] and src == "frontier"
+        for ext, (label, src) in final_labels(1).items()
+    )
     assert escalate_pending() == 0
 
 
 def test_escalation_below_threshold_and_costs_from_recorded_tokens(
-    use_settings: Callable[..., None], sqlite_url: str, docs: Path, banking_taxonomy: Path,
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    docs: Path,
+    banking_taxonomy: Path,
     scripted: ScriptedServer,
 ) -> None:
     use_settings(
@@ -78,10 +90,7 @@ def test_escalation_below_threshold_and_costs_from_recorded_tokens(
     )
     _run(["run", str(docs), "--taxonomy", str(banking_taxonomy)])
     with session_scope() as s:
-        confidences = {
-            d.id: (d.state, d.final_stage)
-            for d in s.scalars(select(Document))
-        }
+        confidences = {d.id: (d.state, d.final_stage) for d in s.scalars(select(Document))}
     report = _report(1)
     c = counts(1)
     escalated = c["stages"]["frontier"]
@@ -94,8 +103,9 @@ def test_escalation_below_threshold_and_costs_from_recorded_tokens(
     # Every SLM prediction that escalated is below the threshold; every kept one is not.
     with session_scope() as s:
         rows = s.execute(
-            select(Document.final_stage, FrontierCall.id)
-            .join(FrontierCall, FrontierCall.document_id == Document.id, isouter=True)
+            select(Document.final_stage, FrontierCall.id).join(
+                FrontierCall, FrontierCall.document_id == Document.id, isouter=True
+            )
         ).all()
     assert all((stage == "frontier") == (call is not None) for stage, call in rows)
 
@@ -115,11 +125,15 @@ def test_escalation_below_threshold_and_costs_from_recorded_tokens(
 
 
 def test_rerunning_tasks_writes_nothing_twice(
-    use_settings: Callable[..., None], sqlite_url: str, docs: Path, banking_taxonomy: Path,
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    docs: Path,
+    banking_taxonomy: Path,
     scripted: ScriptedServer,
 ) -> None:
     use_settings(
-        SHIFTDOWN_DATABASE_URL=sqlite_url, SHIFTDOWN_THRESHOLD="0.5",
+        SHIFTDOWN_DATABASE_URL=sqlite_url,
+        SHIFTDOWN_THRESHOLD="0.5",
         OPENAI_BASE_URL=scripted.base_url,
     )
     _run(["run", str(docs), "--taxonomy", str(banking_taxonomy)])
@@ -136,7 +150,9 @@ def test_rerunning_tasks_writes_nothing_twice(
 
 
 def test_malformed_lines_are_recorded_and_the_rest_goes_through(
-    use_settings: Callable[..., None], sqlite_url: str, banking_taxonomy: Path,
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    banking_taxonomy: Path,
     write_jsonl: Callable[..., Path],
 ) -> None:
     use_settings(SHIFTDOWN_DATABASE_URL=sqlite_url)
@@ -165,24 +181,33 @@ def test_malformed_lines_are_recorded_and_the_rest_goes_through(
 
 
 def test_stdin_and_json_schema_fallback(
-    use_settings: Callable[..., None], sqlite_url: str, banking_taxonomy: Path,
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    banking_taxonomy: Path,
     reference: dict[str, str],
 ) -> None:
-    server = ScriptedServer(label_for=lambda t: reference.get(t, "card_arrival"), reject_json_schema=True).start()
+    server = ScriptedServer(
+        label_for=lambda t: reference.get(t, "card_arrival"), reject_json_schema=True
+    ).start()
     try:
         use_settings(
-            SHIFTDOWN_DATABASE_URL=sqlite_url, SHIFTDOWN_THRESHOLD="1.0",
+            SHIFTDOWN_DATABASE_URL=sqlite_url,
+            SHIFTDOWN_THRESHOLD="1.0",
             OPENAI_BASE_URL=server.base_url,
         )
         texts = list(reference)[:3]
         result = CliRunner().invoke(
-            cli, ["run", "-", "--format", "text", "--taxonomy", str(banking_taxonomy)],
+            cli,
+            ["run", "-", "--format", "text", "--taxonomy", str(banking_taxonomy)],
             input="\n".join(texts) + "\n",
         )
         assert result.exit_code == 0, result.output
         formats = [r["response_format"]["type"] for r in server.requests]
         assert formats == ["json_schema", "json_object", "json_object", "json_object"]
-        assert server.requests[1]["response_format"]["schema"]["properties"]["label"]["enum"][0] == "card_arrival"
+        assert (
+            server.requests[1]["response_format"]["schema"]["properties"]["label"]["enum"][0]
+            == "card_arrival"
+        )
         with session_scope() as s:
             calls = list(s.scalars(select(FrontierCall)))
         assert [c.response_format for c in calls] == ["json_object"] * 3
@@ -192,7 +217,9 @@ def test_stdin_and_json_schema_fallback(
 
 
 def test_frontier_answers_outside_the_taxonomy_end_failed_with_the_reason(
-    use_settings: Callable[..., None], sqlite_url: str, banking_taxonomy: Path,
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    banking_taxonomy: Path,
     write_jsonl: Callable[..., Path],
 ) -> None:
     def wrong(body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -201,8 +228,10 @@ def test_frontier_answers_outside_the_taxonomy_end_failed_with_the_reason(
     server = ScriptedServer(label_for=lambda t: "x", script=[wrong] * 3).start()
     try:
         use_settings(
-            SHIFTDOWN_DATABASE_URL=sqlite_url, SHIFTDOWN_THRESHOLD="1.0",
-            OPENAI_BASE_URL=server.base_url, SHIFTDOWN_FRONTIER_TASK_RETRIES="2",
+            SHIFTDOWN_DATABASE_URL=sqlite_url,
+            SHIFTDOWN_THRESHOLD="1.0",
+            OPENAI_BASE_URL=server.base_url,
+            SHIFTDOWN_FRONTIER_TASK_RETRIES="2",
             SHIFTDOWN_FRONTIER_RETRY_BASE_S="0.01",
         )
         path = write_jsonl([{"text": "Where is my money?"}])

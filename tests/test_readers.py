@@ -24,7 +24,10 @@ def test_jsonl_good_and_malformed_lines_keep_line_numbers() -> None:
     out = _read(data, name="x.jsonl")
     good = [r for r in out if isinstance(r, Record)]
     bad = {r.line_no: r.error for r in out if isinstance(r, Rejected)}
-    assert [(r.line_no, r.external_id, r.text) for r in good] == [(1, "a", "first"), (9, "9", "no id")]
+    assert [(r.line_no, r.external_id, r.text) for r in good] == [
+        (1, "a", "first"),
+        (9, "9", "no id"),
+    ]
     assert "invalid JSON" in bad[2]
     assert "must be text, got int" in bad[4]
     assert "missing field 'text'" in bad[5]
@@ -42,7 +45,10 @@ def test_custom_fields_and_stdin_sniffing() -> None:
 def test_csv_with_quoted_newlines_and_missing_column() -> None:
     data = b'text,category\n"multi\nline",a\nsingle,b\n'
     out = _read(data, name="x.csv")
-    assert [(r.line_no, r.text) for r in out if isinstance(r, Record)] == [(2, "multi\nline"), (4, "single")]
+    assert [(r.line_no, r.text) for r in out if isinstance(r, Record)] == [
+        (2, "multi\nline"),
+        (4, "single"),
+    ]
     missing = _read(data, name="x.csv", text_field="body")
     assert isinstance(missing[0], Rejected) and "no column 'body'" in missing[0].error
 

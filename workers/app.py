@@ -54,9 +54,7 @@ def run_in_process() -> None:
     app.conf.task_always_eager = True
 
 
-def dispatch(
-    name: str, args: list[Any], queue: str | None = None, producer: Any = None
-) -> None:
+def dispatch(name: str, args: list[Any], queue: str | None = None, producer: Any = None) -> None:
     """Send task ``name`` to its queue, or run it inline in embedded mode."""
     if app.conf.task_always_eager:
         app.loader.import_default_modules()

@@ -44,17 +44,14 @@ def reset_client() -> None:
 
 
 def backoff_s(retry: int) -> float:
-    """Exponential backoff before retry ``retry`` (1, 2, …): base, 2×base, … at most 5 min."""
+    """Exponential backoff before retry ``retry`` (1, 2, …): base, 2 x base, … at most 5 min."""
     return float(min(300.0, get_settings().frontier_retry_base_s * 2 ** (retry - 1)))
 
 
 def _record(document_id: int, run_id: int, result: FrontierResult, final: bool) -> int:
     with session_scope() as session:
         attempt = 1 + (
-            session.scalar(
-                select(func.count()).where(FrontierCall.document_id == document_id)
-            )
-            or 0
+            session.scalar(select(func.count()).where(FrontierCall.document_id == document_id)) or 0
         )
         session.add(
             FrontierCall(
@@ -93,13 +90,20 @@ def _record(document_id: int, run_id: int, result: FrontierResult, final: bool) 
                 ],
             )
             move_documents(
-                session, [document_id], WAITING,
-                state=DocState.CLASSIFIED, final_stage=Stage.FRONTIER, error=None,
+                session,
+                [document_id],
+                WAITING,
+                state=DocState.CLASSIFIED,
+                final_stage=Stage.FRONTIER,
+                error=None,
             )
         elif final:
             move_documents(
-                session, [document_id], WAITING,
-                state=DocState.FRONTIER_FAILED, error=result.error,
+                session,
+                [document_id],
+                WAITING,
+                state=DocState.FRONTIER_FAILED,
+                error=result.error,
             )
         return attempt
 
@@ -119,9 +123,7 @@ def process_document(document_id: int, retries_left: bool) -> FrontierResult | N
         if done is not None:
             return None
         if not s.frontier_configured:
-            move_documents(
-                session, [document_id], WAITING, state=DocState.AWAITING_FRONTIER
-            )
+            move_documents(session, [document_id], WAITING, state=DocState.AWAITING_FRONTIER)
             return None
         run = session.get_one(Run, doc.run_id)
         taxonomy = task_taxonomy(session.get_one(Task, run.task_name))

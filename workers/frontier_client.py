@@ -75,9 +75,7 @@ class FrontierClient:
         self._prices = settings.price_table()
         self._max_chars = settings.max_text_chars
         self._auto = settings.frontier_response_format == "auto"
-        self.response_format = (
-            "json_schema" if self._auto else settings.frontier_response_format
-        )
+        self.response_format = "json_schema" if self._auto else settings.frontier_response_format
         self.logprobs = True
 
     def _request(self, text: str, taxonomy: Taxonomy) -> Any:
@@ -89,17 +87,19 @@ class FrontierClient:
             }
         else:
             fmt = {"type": "json_object", "schema": schema}
-        return self._client.chat.completions.create(
-            model=self.model,
-            messages=[
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": [
                 {"role": "system", "content": frontier_system_prompt(taxonomy)},
                 {"role": "user", "content": text[: self._max_chars]},
             ],
-            response_format=fmt,  # type: ignore[arg-type]
-            temperature=0,
-            max_tokens=64,
-            logprobs=self.logprobs or None,
-        )
+            "response_format": fmt,
+            "temperature": 0,
+            "max_tokens": 64,
+        }
+        if self.logprobs:
+            request["logprobs"] = True
+        return self._client.chat.completions.create(**request)
 
     def _result(self, start: float, status: str, **fields: Any) -> FrontierResult:
         pt, ct = fields.get("prompt_tokens", 0), fields.get("completion_tokens", 0)
@@ -122,8 +122,10 @@ class FrontierClient:
             except openai.APIStatusError as exc:
                 # Servers signal an unsupported option with 400, 422 or even 500 (llama.cpp's
                 # server fails request validation with a 500); the message names it.
-                if self._auto and self.response_format == "json_schema" and _mentions(
-                    exc, "json_schema"
+                if (
+                    self._auto
+                    and self.response_format == "json_schema"
+                    and _mentions(exc, "json_schema")
                 ):
                     self.response_format = "json_object"
                     continue

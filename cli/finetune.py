@@ -1,0 +1,104 @@
+"""``shiftdown finetune``: LoRA fine-tune of the base SLM on a teacher set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.common import handle_errors
+from cli.progress import progress_bar
+from models.base import default_gguf_path
+from models.teacher import read_labelled
+from shiftdown.taxonomy import Taxonomy
+
+
+@click.command()
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Teacher set (CSV or JSONL).",
+)
+@click.option("--taxonomy", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for adapter.gguf and manifest.json.",
+)
+@click.option(
+    "--base",
+    "base_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Base GGUF (default: bundled SmolLM2-135M-Instruct).",
+)
+@click.option(
+    "--valid-frac",
+    default=0.05,
+    show_default=True,
+    help="Held-out share (stratified, seeded), not trained on.",
+)
+@click.option(
+    "--limit",
+    type=int,
+    default=None,
+    help="Train on the first N examples of the seeded split only.",
+)
+@click.option("--epochs", default=1.0, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--rank", default=16, show_default=True, help="LoRA rank.")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@handle_errors
+def finetune(
+    data_path: Path,
+    taxonomy: str,
+    text_column: str,
+    label_column: str,
+    out_dir: Path,
+    base_path: Path | None,
+    valid_frac: float,
+    limit: int | None,
+    epochs: float,
+    lr: float,
+    rank: int,
+    batch_size: int,
+    seed: int,
+) -> None:
+    """Fine-tune a LoRA adapter on labelled examples (needs `pip install shiftdown[train]`)."""
+    from models.finetune import FinetuneConfig, stratified_split
+    from models.finetune import finetune as train
+
+    tax = Taxonomy.from_file(taxonomy)
+    examples = read_labelled(data_path, text_column, label_column, tax)
+    train_set, valid_set = stratified_split(examples, valid_frac, seed)
+    if limit is not None:
+        train_set = train_set[:limit]
+    config = FinetuneConfig(
+        lora_rank=rank,
+        lora_alpha=2 * rank,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    click.echo(f"training on {len(train_set)} examples, {len(valid_set)} held out", err=True)
+    with progress_bar("fine-tuning", total=None) as advance:
+        last = [0.0]
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            last[0] = 0.9 * last[0] + 0.1 * loss if step > 1 else loss
+            advance(1)
+            if step % 20 == 0 or step == total:
+                click.echo(f"step {step}/{total} loss {last[0]:.4f}", err=True)
+
+        manifest = train(
+            base_path or default_gguf_path(), train_set, tax.names, out_dir, config, on_step
+        )
+    click.echo(f"wrote {out_dir / 'adapter.gguf'} ({manifest['train_seconds']} s of training)")

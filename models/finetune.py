@@ -1,0 +1,206 @@
+"""Fine-tune a base SLM on teacher labels with LoRA, on CPU or CUDA, and export a GGUF
+adapter plus the manifest the SLM worker serves it with.
+
+The answer is one code token per label (``models.coding``); the loss is cross-entropy
+over the label codes at the answer position only, which is exactly the distribution the
+worker computes. Prompts are tokenized by llama.cpp's tokenizer (``Vocab``), the same
+code path as serving. Needs the ``train`` extra (torch, transformers, peft, gguf).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from models.coding import FINETUNE_TEMPLATE, PromptTemplate, Vocab
+from models.finetune_manifest import file_sha256
+from models.gguf_adapter import gguf_lora_tensors, write_adapter
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyperparameters; all of them are recorded in the manifest."""
+
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    epochs: float = 2.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    warmup_frac: float = 0.05
+    max_doc_tokens: int = 64
+    seed: int = 0
+
+
+def teacher_hash(examples: Sequence[tuple[str, str]]) -> str:
+    """Content hash of a teacher set (order-sensitive)."""
+    digest = hashlib.sha256()
+    for text, label in examples:
+        digest.update(json.dumps([text, label]).encode())
+    return digest.hexdigest()
+
+
+def stratified_split(
+    examples: Sequence[tuple[str, str]], valid_frac: float, seed: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Seeded split that keeps each label's share in both parts."""
+    by_label: dict[str, list[tuple[str, str]]] = {}
+    for ex in examples:
+        by_label.setdefault(ex[1], []).append(ex)
+    rng = random.Random(seed)
+    train: list[tuple[str, str]] = []
+    valid: list[tuple[str, str]] = []
+    for label in sorted(by_label):
+        group = by_label[label][:]
+        rng.shuffle(group)
+        k = round(len(group) * valid_frac)
+        valid += group[:k]
+        train += group[k:]
+    rng.shuffle(train)
+    return train, valid
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Shuffled batches of similar lengths: less padding, same randomness per epoch."""
+    order = list(range(len(lengths)))
+    random.shuffle(order)
+    pool = batch_size * 32
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lengths.__getitem__)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    random.shuffle(batches)
+    return batches
+
+
+def finetune(
+    base_gguf: Path,
+    examples: Sequence[tuple[str, str]],
+    labels: Sequence[str],
+    out_dir: Path,
+    config: FinetuneConfig = FinetuneConfig(),
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train a LoRA adapter on ``examples`` and write ``adapter.gguf`` + ``manifest.json``.
+
+    Returns the manifest. ``on_step(step, total, loss)`` reports progress.
+    """
+    import torch
+    from llama_cpp import Llama
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    unknown = {label for _, label in examples} - set(labels)
+    if unknown:
+        raise ValueError(f"teacher labels outside the taxonomy: {sorted(unknown)[:5]}")
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    vocab = Vocab(Llama(model_path=str(base_gguf), vocab_only=True, verbose=False))
+    codes = vocab.codes(labels)
+    prefix, suffix = PromptTemplate(FINETUNE_TEMPLATE).split(labels)
+    head = vocab.encode_fixed(prefix, first=True)
+    tail = vocab.encode_fixed(suffix, first=False)
+    index = {label: i for i, label in enumerate(labels)}
+    data = [
+        (head + vocab.encode_document(text)[: config.max_doc_tokens] + tail, index[label])
+        for text, label in examples
+    ]
+
+    # torch and transformers are typed loosely; the model is handled as Any.
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(base_gguf.parent), gguf_file=base_gguf.name, dtype=torch.float32
+    )
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=round(config.lora_alpha),
+            lora_dropout=config.lora_dropout,
+            target_modules=LORA_TARGETS,
+            bias="none",
+        ),
+    ).to(device)
+    code_index = torch.tensor(codes, device=device)
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total = max(1, round(steps_per_epoch * config.epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, round(total * config.warmup_frac))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim,
+        lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))),
+    )
+    output_embeddings = model.get_output_embeddings()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+    model.train()
+    step, started = 0, time.perf_counter()
+    batches: list[list[int]] = []
+    while step < total:
+        if not batches:
+            batches = length_batches([len(ids) for ids, _ in data], config.batch_size)
+        batch = [data[i] for i in batches.pop()]
+        width = max(len(ids) for ids, _ in batch)
+        # Left padding puts every answer position at -1.
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (seq, _) in enumerate(batch):
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        target = torch.tensor([y for _, y in batch], device=device)
+        with autocast:
+            hidden = model.base_model.model.model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+            ).last_hidden_state[:, -1]
+            # Only the label codes' rows of the output layer: the served distribution.
+            logits = hidden.float() @ output_embeddings.weight[code_index].float().T
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        sched.step()
+        optim.zero_grad(set_to_none=True)
+        step += 1
+        if on_step:
+            on_step(step, total, loss.item())
+    train_s = time.perf_counter() - started
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = model.base_model.model.config
+    state = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    write_adapter(
+        out_dir / "adapter.gguf",
+        gguf_lora_tensors(state, cfg.num_attention_heads, cfg.num_key_value_heads),
+        alpha=config.lora_alpha,
+    )
+    manifest: dict[str, Any] = {
+        "format": "shiftdown-model/1",
+        "base_model": {"file": base_gguf.name, "sha256": file_sha256(base_gguf)},
+        "adapter": "adapter.gguf",
+        "labels": list(labels),
+        "label_codes": codes,
+        "prompt_template": FINETUNE_TEMPLATE,
+        "temperature": 1.0,
+        "teacher_set": {"sha256": teacher_hash(examples), "examples": len(examples)},
+        "hyperparameters": {**asdict(config), "steps": total, "device": device},
+        "train_seconds": round(train_s, 1),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,42 @@
+"""Teacher sets: labelled examples (text, label) read from a CSV or JSONL file, checked
+against the taxonomy before any training starts."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from shiftdown.errors import InputError
+from shiftdown.taxonomy import Taxonomy
+
+
+def read_labelled(
+    path: Path, text_column: str, label_column: str, taxonomy: Taxonomy
+) -> list[tuple[str, str]]:
+    """Every (text, label) of ``path``; raises InputError naming bad lines and labels."""
+    examples: list[tuple[str, str]] = []
+    problems: list[str] = []
+    with path.open(encoding="utf-8", newline="") as f:
+        if path.suffix in (".jsonl", ".ndjson"):
+            rows = []
+            for line_no, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        rows.append((line_no, json.loads(line)))
+                    except json.JSONDecodeError as exc:
+                        problems.append(f"line {line_no}: invalid JSON ({exc.msg})")
+        else:
+            rows = list(enumerate(csv.DictReader(f), start=2))
+        for line_no, row in rows:
+            text, label = row.get(text_column), row.get(label_column)
+            if not isinstance(text, str) or not text.strip():
+                problems.append(f"line {line_no}: no text in {text_column!r}")
+            elif label not in taxonomy:
+                problems.append(f"line {line_no}: label {label!r} is not in the taxonomy")
+            else:
+                examples.append((text, str(label)))
+    if problems:
+        shown = "; ".join(problems[:10])
+        raise InputError(f"{path}: {len(problems)} bad example(s): {shown}")
+    return examples

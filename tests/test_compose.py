@@ -1,0 +1,72 @@
+"""docker-compose.yml stays valid and in step with the local commands (no engine here:
+Debian's docker-compose validates and renders the file without one)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose not installed"
+)
+
+
+def _config(**env: str) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SHIFTDOWN_", "OPENAI_", "FLOWER_"))
+    }
+    return subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_compose_file_is_valid_and_wires_the_stack() -> None:
+    result = _config(FLOWER_PASSWORD="secret", OPENAI_API_KEY="sk-x")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    services = config["services"]
+    assert {
+        "redis",
+        "postgres",
+        "migrate",
+        "slm-worker",
+        "slm-worker-gpu",
+        "frontier-worker",
+        "flower",
+    } <= set(services)
+    assert "--appendonly" in services["redis"]["command"]
+    assert services["migrate"]["command"] == ["shiftdown", "db", "upgrade"]
+    for name, queue in [
+        ("slm-worker", "slm"),
+        ("slm-worker-gpu", "slm"),
+        ("frontier-worker", "frontier"),
+    ]:
+        cmd = services[name]["command"]
+        assert cmd[:3] == ["celery", "-A", "workers.app"] and cmd[cmd.index("-Q") + 1] == queue
+        env = services[name]["environment"]
+        assert env["SHIFTDOWN_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert env["SHIFTDOWN_BROKER_URL"] == "redis://redis:6379/0"
+        assert (
+            services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        )
+    gpu = services["slm-worker-gpu"]
+    assert gpu["environment"]["SHIFTDOWN_N_GPU_LAYERS"] == "-1"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "--basic-auth=admin:secret" in services["flower"]["command"]
+
+
+def test_flower_refuses_to_start_without_a_password() -> None:
+    result = _config()
+    assert result.returncode != 0 and "FLOWER_PASSWORD" in result.stderr
