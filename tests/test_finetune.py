@@ -14,14 +14,14 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from cli.main import cli  # noqa: E402
-from models.base import default_gguf_path  # noqa: E402
-from models.classifier import Classifier, RuntimeOptions  # noqa: E402
-from models.finetune import stratified_split  # noqa: E402
-from models.registry import load_model_dir  # noqa: E402
-from shiftdown.taxonomy import Taxonomy  # noqa: E402
-from tests.conftest import DEMO  # noqa: E402
-from tests.helpers import final_labels  # noqa: E402
+from cli.main import cli
+from models.base import default_gguf_path
+from models.classifier import Classifier, RuntimeOptions
+from models.finetune import stratified_split
+from models.registry import load_model_dir
+from shiftdown.taxonomy import Taxonomy
+from tests.conftest import DEMO
+from tests.helpers import final_labels
 
 LABELS = ["card_arrival", "exchange_rate", "pin_blocked", "age_limit"]
 
