@@ -8,6 +8,7 @@ import click
 
 from cli.db import db
 from cli.escalate import escalate
+from cli.eval import eval_command
 from cli.finetune import finetune
 from cli.report import report
 from cli.run import run
@@ -22,5 +23,5 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
 
-for command in (run, submit, report, escalate, finetune, db):
+for command in (run, submit, report, escalate, eval_command, finetune, db):
     cli.add_command(command)

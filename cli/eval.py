@@ -1,0 +1,119 @@
+"""``shiftdown eval``: a model version on labelled data, through llama.cpp."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cli.common import ensure_schema, handle_errors, load_taxonomy
+from cli.progress import progress_bar
+from models.classifier import Classifier
+from models.evaluate import evaluate, write_chart
+from models.registry import ensure_task, model_name, resolve_model, spec_for, task_taxonomy
+from models.teacher import read_labelled
+from shiftdown.db import session_scope
+from shiftdown.settings import get_settings
+from workers.slm import runtime_options
+
+
+@click.command("eval")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--text-column", default="text", show_default=True)
+@click.option(
+    "--model",
+    "model_ref",
+    default=None,
+    help="Version, model directory or GGUF (default: promoted).",
+)
+@click.option("--task", "task_name", default=None, help="Task (default: SHIFTDOWN_TASK).")
+@click.option("--taxonomy", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--limit", type=int, default=None, help="Evaluate the first N examples only.")
+@click.option(
+    "--chart",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG: reliability diagram and accuracy vs coverage.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@handle_errors
+def eval_command(
+    data_path: Path,
+    label_column: str,
+    text_column: str,
+    model_ref: str | None,
+    task_name: str | None,
+    taxonomy: str | None,
+    limit: int | None,
+    chart: Path | None,
+    as_json: bool,
+) -> None:
+    """Evaluate a model on a labelled CSV/JSONL file, served exactly as workers serve it."""
+    ensure_schema()
+    s = get_settings()
+    with session_scope() as session:
+        task = ensure_task(session, task_name or s.task, load_taxonomy(taxonomy), s.threshold)
+        version = resolve_model(session, task, model_ref, s.model_path)
+        tax = task_taxonomy(task)
+        spec, name, version_id = spec_for(version, tax), model_name(version), version.id
+    examples = read_labelled(data_path, text_column, label_column, tax)[:limit]
+    clf = Classifier(spec, runtime_options(s))
+    with progress_bar(f"eval {name}", total=len(examples)) as advance:
+        report, confidence, correct = evaluate(clf, examples, advance)
+    report["model"] = name
+    with session_scope() as session:
+        from shiftdown.schema import ModelVersion
+
+        row = session.get_one(ModelVersion, version_id)
+        row.manifest = {
+            **(row.manifest or {}),
+            "evaluation": {
+                k: report[k]
+                for k in (
+                    "documents",
+                    "accuracy",
+                    "macro_f1",
+                    "ece",
+                    "accuracy_at_coverage",
+                    "docs_per_s",
+                )
+            }
+            | {"data": str(data_path)},
+        }
+    if chart:
+        write_chart(chart, confidence, correct, f"{name} on {data_path.name}")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"{name} on {data_path.name} ({report['documents']} documents)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("accuracy", f"{100 * report['accuracy']:.2f} %")
+    table.add_row("macro-F1", f"{100 * report['macro_f1']:.2f} %")
+    table.add_row("ECE", f"{report['ece']:.4f}")
+    for cov, acc in report["accuracy_at_coverage"].items():
+        table.add_row(
+            f"accuracy on the most confident {100 * float(cov):.0f} %", f"{100 * acc:.2f} %"
+        )
+    table.add_row("throughput", f"{report['docs_per_s']} docs/s")
+    Console().print(table)
+    worst = sorted(report["per_label"].items(), key=lambda kv: kv[1]["accuracy"])[:5]
+    click.echo(
+        "hardest labels: "
+        + ", ".join(f"{k} {100 * v['accuracy']:.0f}% (n={v['support']})" for k, v in worst)
+    )
+    pairs = report["confused_pairs"][:5]
+    click.echo(
+        "most confused: " + ", ".join(f"{p['gold']}→{p['predicted']} x{p['count']}" for p in pairs)
+    )
+    if chart:
+        click.echo(f"chart: {chart}")

@@ -1,0 +1,139 @@
+"""Evaluate a model version through the llama.cpp serving path on labelled data:
+accuracy, macro-F1, per-label accuracy, confusions, calibration (ECE) and accuracy at
+coverage (keep the most confident share, measure accuracy on it)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.classifier import Classifier
+
+COVERAGES = (0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+def expected_calibration_error(
+    confidence: npt.NDArray[np.float64], correct: npt.NDArray[np.bool_], bins: int = 15
+) -> float:
+    """ECE with equal-width confidence bins (Guo et al., 2017)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in pairwise(edges):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def accuracy_at_coverage(
+    confidence: npt.NDArray[np.float64], correct: npt.NDArray[np.bool_], coverage: float
+) -> float:
+    """Accuracy on the ``coverage`` share of documents the model is most confident about."""
+    keep = max(1, round(len(confidence) * coverage))
+    order = np.argsort(-confidence, kind="stable")[:keep]
+    return float(correct[order].mean())
+
+
+def metrics(
+    gold: Sequence[str],
+    predicted: Sequence[str],
+    confidence: Sequence[float],
+    labels: Sequence[str],
+) -> dict[str, Any]:
+    """Every figure of an evaluation from gold labels, predictions and confidences."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray([g == p for g, p in zip(gold, predicted, strict=True)])
+    per_label: dict[str, dict[str, float | int]] = {}
+    f1s = []
+    for label in labels:
+        tp = sum(g == label and p == label for g, p in zip(gold, predicted, strict=True))
+        support = sum(g == label for g in gold)
+        predicted_n = sum(p == label for p in predicted)
+        precision = tp / predicted_n if predicted_n else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        if support:
+            f1s.append(f1)
+            per_label[label] = {
+                "accuracy": round(recall, 4),
+                "support": support,
+                "f1": round(f1, 4),
+            }
+    confusions = Counter((g, p) for g, p in zip(gold, predicted, strict=True) if g != p)
+    return {
+        "documents": len(gold),
+        "accuracy": round(float(correct.mean()), 4),
+        "macro_f1": round(float(np.mean(f1s)), 4) if f1s else 0.0,
+        "ece": round(expected_calibration_error(conf, correct), 4),
+        "accuracy_at_coverage": {
+            str(c): round(accuracy_at_coverage(conf, correct, c), 4) for c in COVERAGES
+        },
+        "per_label": per_label,
+        "confused_pairs": [
+            {"gold": g, "predicted": p, "count": n} for (g, p), n in confusions.most_common(10)
+        ],
+    }
+
+
+def evaluate(
+    clf: Classifier,
+    examples: Sequence[tuple[str, str]],
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, Any], npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Classify every example with ``clf``; returns metrics, confidences and correctness."""
+    predicted: list[str] = []
+    confidence: list[float] = []
+    started = time.perf_counter()
+    for text, _ in examples:
+        result = clf.classify(text)
+        predicted.append(result.label)
+        confidence.append(result.confidence)
+        if on_progress:
+            on_progress(1)
+    elapsed = time.perf_counter() - started
+    gold = [label for _, label in examples]
+    report = metrics(gold, predicted, confidence, clf.labels)
+    report["docs_per_s"] = round(len(examples) / elapsed, 2) if elapsed else None
+    conf = np.asarray(confidence)
+    correct = np.asarray([g == p for g, p in zip(gold, predicted, strict=True)])
+    return report, conf, correct
+
+
+def write_chart(
+    path: Path, confidence: npt.NDArray[np.float64], correct: npt.NDArray[np.bool_], title: str
+) -> None:
+    """PNG with a reliability diagram and the accuracy-vs-coverage curve (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    edges = np.linspace(0, 1, 11)
+    mids, accs = [], []
+    for lo, hi in pairwise(edges):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            mids.append((lo + hi) / 2)
+            accs.append(correct[in_bin].mean())
+    left.bar(mids, accs, width=0.09, color="#4c72b0", label="accuracy in bin")
+    left.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    left.set(xlabel="confidence", ylabel="accuracy", title="Reliability", xlim=(0, 1), ylim=(0, 1))
+    left.legend(loc="upper left")
+    coverages = np.linspace(0.05, 1.0, 40)
+    right.plot(coverages * 100, [accuracy_at_coverage(confidence, correct, c) for c in coverages])
+    right.set(
+        xlabel="coverage (% most confident kept)", ylabel="accuracy", title="Accuracy vs coverage"
+    )
+    right.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
