@@ -13,6 +13,7 @@ from cli.finetune import finetune
 from cli.report import report
 from cli.run import run
 from cli.submit import submit
+from cli.tasks import tasks
 
 
 @click.group()
@@ -23,5 +24,5 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
 
-for command in (run, submit, report, escalate, eval_command, finetune, db):
+for command in (run, submit, report, escalate, eval_command, finetune, tasks, db):
     cli.add_command(command)

@@ -26,14 +26,14 @@ def submit_source(
 
     ensure_schema()
     s = get_settings()
-    run_id = create_run(task_name or s.task, load_taxonomy(taxonomy), model_ref, source)
+    run_id, queue = create_run(task_name or s.task, load_taxonomy(taxonomy), model_ref, source)
     click.echo(f"run {run_id}", err=True)
     with open_source(source) as stream:
         records = read_records(stream, fmt, source, text_field, id_field or None)
         if limit is not None:
             records = islice(records, limit)
         with progress_bar(f"run {run_id}") as advance:
-            result = submit_records(run_id, records, on_progress=advance)
+            result = submit_records(run_id, records, queue, on_progress=advance)
     if result.rejected:
         click.echo(
             f"{result.rejected} record(s) rejected (see input_errors; "

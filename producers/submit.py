@@ -42,8 +42,11 @@ class SubmitResult:
 
 def create_run(
     task_name: str, taxonomy: Taxonomy | None, model_ref: str | None, source: str
-) -> int:
-    """A new run of ``task_name`` (created on first use), pinned to its model version."""
+) -> tuple[int, str]:
+    """A new run of ``task_name`` (created on first use), pinned to its model version.
+
+    Returns the run id and the SLM queue of the task.
+    """
     s = get_settings()
     with session_scope() as session:
         task = ensure_task(session, task_name, taxonomy, s.threshold)
@@ -56,7 +59,7 @@ def create_run(
         )
         session.add(run)
         session.flush()
-        return run.id
+        return run.id, task.queue or s.slm_queue
 
 
 def _store_chunk(

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     n_ctx: int = Field(default=2048, description="llama.cpp context length in tokens.")
     n_threads: int | None = Field(
         default=None,
-        description="llama.cpp threads per worker process (unset: llama.cpp's choice).",
+        description="llama.cpp threads per worker process (unset: all cores).",
     )
     n_batch: int = Field(default=512, description="llama.cpp batch size for prompt evaluation.")
     n_gpu_layers: int = Field(

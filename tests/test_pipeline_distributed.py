@@ -130,3 +130,30 @@ def test_300_documents_through_redis_and_postgres(
         assert not s.scalar(
             select(func.count()).where(Document.text.contains("sk-test-distributed"))
         )
+
+
+def test_a_task_pinned_to_its_own_queue(
+    use_settings: Callable[..., None],
+    stack_env: dict[str, str],
+    banking_taxonomy: Path,
+    write_jsonl: Callable[..., Path],
+    redis_url: str,
+) -> None:
+    import redis
+
+    use_settings(**stack_env)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(
+        cli,
+        ["tasks", "set", "banking", "--taxonomy", str(banking_taxonomy), "--queue", "slm.banking"],
+    )
+    assert result.exit_code == 0, result.output
+    path = write_jsonl([{"text": f"query {i}"} for i in range(70)])
+    result = runner.invoke(cli, ["submit", str(path), "--task", "banking"])
+    assert result.exit_code == 0, result.output
+    client = redis.Redis.from_url(redis_url)
+    # 70 documents in tasks of 32: three messages, all on the task's own queue.
+    assert client.llen("slm.banking") == 3 and client.llen("slm") == 0
+    listing = runner.invoke(cli, ["tasks", "list"])
+    assert "slm.banking" in listing.stdout
