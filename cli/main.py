@@ -10,6 +10,7 @@ from cli.db import db
 from cli.escalate import escalate
 from cli.eval import eval_command
 from cli.finetune import finetune
+from cli.models import models_group
 from cli.report import report
 from cli.run import run
 from cli.submit import submit
@@ -24,5 +25,5 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
 
-for command in (run, submit, report, escalate, eval_command, finetune, tasks, db):
+for command in (run, submit, report, escalate, eval_command, finetune, models_group, tasks, db):
     cli.add_command(command)

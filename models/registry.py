@@ -18,7 +18,7 @@ from models.base import default_gguf_path
 from models.classifier import ModelSpec
 from models.finetune_manifest import verify_base
 from shiftdown.errors import ConfigError, ModelError
-from shiftdown.schema import ModelVersion, Task
+from shiftdown.schema import ModelVersion, Task, utcnow
 from shiftdown.taxonomy import Taxonomy
 
 
@@ -134,7 +134,41 @@ def promote(session: Session, task: Task, version: ModelVersion) -> None:
     if version.task_name != task.name:
         raise ConfigError(f"model v{version.version} belongs to task {version.task_name!r}")
     task.model_version_id = version.id
+    version.promoted_at = utcnow()
     session.flush()
+
+
+def rollback(session: Session, task: Task) -> ModelVersion:
+    """Serve again the version promoted before the current one."""
+    previous = session.scalars(
+        select(ModelVersion)
+        .where(
+            ModelVersion.task_name == task.name,
+            ModelVersion.promoted_at.is_not(None),
+            ModelVersion.id != task.model_version_id,
+        )
+        .order_by(ModelVersion.promoted_at.desc())
+    ).first()
+    if previous is None:
+        raise ConfigError(f"task {task.name!r} has no earlier promoted version to roll back to")
+    current = session.get(ModelVersion, task.model_version_id) if task.model_version_id else None
+    if current is not None:
+        current.promoted_at = None  # so a second rollback keeps going back
+    task.model_version_id = previous.id
+    session.flush()
+    return previous
+
+
+def find_version(session: Session, task: Task, number: int) -> ModelVersion:
+    """Version ``number`` of ``task``."""
+    found = session.scalars(
+        select(ModelVersion).where(
+            ModelVersion.task_name == task.name, ModelVersion.version == number
+        )
+    ).first()
+    if found is None:
+        raise ConfigError(f"task {task.name!r} has no model version v{number}")
+    return found
 
 
 def resolve_model(
@@ -163,14 +197,7 @@ def resolve_model(
             return version
         number = ref[1:] if ref.lower().startswith("v") else ref
         if number.isdigit():
-            found = session.scalars(
-                select(ModelVersion).where(
-                    ModelVersion.task_name == task.name, ModelVersion.version == int(number)
-                )
-            ).first()
-            if found is None:
-                raise ConfigError(f"task {task.name!r} has no model version {ref}")
-            return found
+            return find_version(session, task, int(number))
         raise ConfigError(f"--model {ref!r} is neither a GGUF file nor a version number")
     if task.model_version_id is not None:
         promoted = session.get(ModelVersion, task.model_version_id)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cli.main import cli
+from models.base import default_gguf_path
+
+
+def _ok(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_register_promote_rollback(
+    use_settings: Callable[..., None], sqlite_url: str, banking_taxonomy: Path, tmp_path: Path
+) -> None:
+    use_settings(SHIFTDOWN_DATABASE_URL=sqlite_url)
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(default_gguf_path(), copy)
+    _ok("tasks", "set", "default", "--taxonomy", str(banking_taxonomy))
+    assert "registered v1" in _ok("models", "register", str(default_gguf_path()))  # first: promoted
+    assert "registered v2" in _ok("models", "register", str(copy))
+    assert "registered v2" in _ok("models", "register", str(copy))  # same file, same version
+    cells = [
+        [c.strip() for c in line.split("│")[1:3]]
+        for line in _ok("models", "list").splitlines()
+        if line.startswith("│") and "│ v" in line
+    ]
+    assert cells == [["*", "v1"], ["", "v2"]]
+    _ok("models", "promote", "v2")
+    assert '"promoted_at": null' not in _ok("models", "show", "2")
+    assert "now serves v1" in _ok("models", "rollback")
+    result = CliRunner().invoke(cli, ["models", "rollback"])
+    assert result.exit_code != 0 and "no earlier promoted version" in result.output
+    result = CliRunner().invoke(cli, ["models", "promote", "v9"])
+    assert result.exit_code != 0 and "no model version v9" in result.output
