@@ -15,6 +15,7 @@ from cli.report import report
 from cli.run import run
 from cli.submit import submit
 from cli.tasks import tasks
+from cli.teach import teach
 
 
 @click.group()
@@ -25,5 +26,16 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
 
-for command in (run, submit, report, escalate, eval_command, finetune, models_group, tasks, db):
+for command in (
+    run,
+    submit,
+    report,
+    escalate,
+    eval_command,
+    finetune,
+    teach,
+    models_group,
+    tasks,
+    db,
+):
     cli.add_command(command)

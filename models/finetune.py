@@ -9,7 +9,6 @@ code path as serving. Needs the ``train`` extra (torch, transformers, peft, gguf
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from models.coding import FINETUNE_TEMPLATE, PromptTemplate, Vocab
-from models.finetune_manifest import file_sha256
+from models.finetune_manifest import file_sha256, teacher_hash
 from models.gguf_adapter import gguf_lora_tensors, write_adapter
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -42,14 +41,6 @@ class FinetuneConfig:
     warmup_frac: float = 0.05
     max_doc_tokens: int = 64
     seed: int = 0
-
-
-def teacher_hash(examples: Sequence[tuple[str, str]]) -> str:
-    """Content hash of a teacher set (order-sensitive)."""
-    digest = hashlib.sha256()
-    for text, label in examples:
-        digest.update(json.dumps([text, label]).encode())
-    return digest.hexdigest()
 
 
 def stratified_split(

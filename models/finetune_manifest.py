@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,14 @@ def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def teacher_hash(examples: Sequence[tuple[str, str]]) -> str:
+    """Content hash of a teacher set (order-sensitive)."""
+    digest = hashlib.sha256()
+    for text, label in examples:
+        digest.update(json.dumps([text, label]).encode())
     return digest.hexdigest()
 
 

@@ -203,6 +203,24 @@ class InputError(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class TeacherExample(Base):
+    """A labelled example for training: imported, or labelled by the frontier model."""
+
+    __tablename__ = "teacher_examples"
+    __table_args__ = (
+        UniqueConstraint("task_name", "text_sha256", name="uq_teacher_examples_task_text"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_name: Mapped[str] = mapped_column(ForeignKey("tasks.name"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    text_sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(16))  # "import" or "frontier"
+    frontier_call_id: Mapped[int | None] = mapped_column(ForeignKey("frontier_calls.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 # One row per document: its final label and the stage that gave it (NULL while pending).
 DOCUMENT_LABELS_VIEW = """
 CREATE VIEW document_labels AS

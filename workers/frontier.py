@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from models.registry import task_taxonomy
 from shiftdown.db import session_scope
@@ -48,27 +49,38 @@ def backoff_s(retry: int) -> float:
     return float(min(300.0, get_settings().frontier_retry_base_s * 2 ** (retry - 1)))
 
 
+def record_call(
+    session: Session,
+    result: FrontierResult,
+    attempt: int = 1,
+    document_id: int | None = None,
+    run_id: int | None = None,
+) -> FrontierCall:
+    """Add one attempt, with its tokens and dollars, to the session."""
+    call = FrontierCall(
+        document_id=document_id,
+        run_id=run_id,
+        attempt=attempt,
+        model=result.model,
+        status=result.status,
+        http_status=result.http_status,
+        error=result.error,
+        response_format=result.response_format,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        cost_usd=result.cost_usd,
+        latency_ms=result.latency_ms,
+    )
+    session.add(call)
+    return call
+
+
 def _record(document_id: int, run_id: int, result: FrontierResult, final: bool) -> int:
     with session_scope() as session:
         attempt = 1 + (
             session.scalar(select(func.count()).where(FrontierCall.document_id == document_id)) or 0
         )
-        session.add(
-            FrontierCall(
-                document_id=document_id,
-                run_id=run_id,
-                attempt=attempt,
-                model=result.model,
-                status=result.status,
-                http_status=result.http_status,
-                error=result.error,
-                response_format=result.response_format,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                cost_usd=result.cost_usd,
-                latency_ms=result.latency_ms,
-            )
-        )
+        record_call(session, result, attempt, document_id, run_id)
         if result.status == OK:
             insert_predictions(
                 session,
