@@ -55,6 +55,15 @@ from shiftdown.taxonomy import Taxonomy
 @click.option("--rank", default=16, show_default=True, help="LoRA rank.")
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--full", is_flag=True, help="Full fine-tune instead of LoRA (serves the merged Q8_0)."
+)
+@click.option(
+    "--merged/--no-merged",
+    default=True,
+    show_default=True,
+    help="Also export merged F16, Q8_0 and Q4_0 GGUFs.",
+)
 @handle_errors
 def finetune(
     data_path: Path,
@@ -70,8 +79,14 @@ def finetune(
     rank: int,
     batch_size: int,
     seed: int,
+    full: bool,
+    merged: bool,
 ) -> None:
-    """Fine-tune a LoRA adapter on labelled examples (needs `pip install shiftdown[train]`)."""
+    """Fine-tune the base SLM on labelled examples (needs `pip install shiftdown[train]`).
+
+    Writes OUT/manifest.json with the LoRA adapter (adapter.gguf) and/or merged GGUFs
+    (model-f16.gguf, model-q8_0.gguf, model-q4_0.gguf), ready for `--model OUT`.
+    """
     from models.finetune import FinetuneConfig, stratified_split
     from models.finetune import finetune as train
 
@@ -87,6 +102,8 @@ def finetune(
         lr=lr,
         batch_size=batch_size,
         seed=seed,
+        full=full,
+        merged=merged,
     )
     click.echo(f"training on {len(train_set)} examples, {len(valid_set)} held out", err=True)
     with progress_bar("fine-tuning", total=None) as advance:
@@ -101,4 +118,4 @@ def finetune(
         manifest = train(
             base_path or default_gguf_path(), train_set, tax.names, out_dir, config, on_step
         )
-    click.echo(f"wrote {out_dir / 'adapter.gguf'} ({manifest['train_seconds']} s of training)")
+    click.echo(f"wrote {out_dir} ({manifest['train_seconds']} s of training)")

@@ -41,6 +41,8 @@ class FinetuneConfig:
     warmup_frac: float = 0.05
     max_doc_tokens: int = 64
     seed: int = 0
+    full: bool = False  # full fine-tune instead of LoRA
+    merged: bool = True  # also export merged F16 + Q8_0 + Q4_0 GGUFs
 
 
 def stratified_split(
@@ -61,6 +63,34 @@ def stratified_split(
         train += group[k:]
     rng.shuffle(train)
     return train, valid
+
+
+def export(model: Any, base_gguf: Path, out_dir: Path, config: FinetuneConfig) -> dict[str, Any]:
+    """Write the adapter (LoRA) and the merged GGUFs; returns the manifest's file entries."""
+    from models.gguf_export import export_gguf, quantize
+
+    files: dict[str, Any] = {}
+    cfg = model.config
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    if not config.full:
+        state = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+        write_adapter(
+            out_dir / "adapter.gguf", gguf_lora_tensors(state, heads, kv_heads), config.lora_alpha
+        )
+        files["adapter"] = "adapter.gguf"
+        files["serve"] = "adapter"
+    if config.merged or config.full:
+        merged = model if config.full else model.merge_and_unload()
+        f16 = out_dir / "model-f16.gguf"
+        export_gguf(base_gguf, merged.state_dict(), f16, heads, kv_heads)
+        files["merged"] = {"f16": f16.name}
+        for kind in ("q8_0", "q4_0"):
+            target = out_dir / f"model-{kind}.gguf"
+            quantize(f16, target, kind)
+            files["merged"][kind] = target.name
+        if config.full:
+            files["serve"] = "q8_0"
+    return files
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -115,16 +145,21 @@ def finetune(
     model: Any = AutoModelForCausalLM.from_pretrained(
         str(base_gguf.parent), gguf_file=base_gguf.name, dtype=torch.float32
     )
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=round(config.lora_alpha),
-            lora_dropout=config.lora_dropout,
-            target_modules=LORA_TARGETS,
-            bias="none",
-        ),
-    ).to(device)
+    if config.full:
+        backbone = model.model
+    else:
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=round(config.lora_alpha),
+                lora_dropout=config.lora_dropout,
+                target_modules=LORA_TARGETS,
+                bias="none",
+            ),
+        )
+        backbone = model.base_model.model.model
+    model = model.to(device)
     code_index = torch.tensor(codes, device=device)
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total = max(1, round(steps_per_epoch * config.epochs))
@@ -154,7 +189,7 @@ def finetune(
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         target = torch.tensor([y for _, y in batch], device=device)
         with autocast:
-            hidden = model.base_model.model.model(
+            hidden = backbone(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
@@ -173,17 +208,11 @@ def finetune(
     train_s = time.perf_counter() - started
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = model.base_model.model.config
-    state = {k: v for k, v in model.state_dict().items() if "lora_" in k}
-    write_adapter(
-        out_dir / "adapter.gguf",
-        gguf_lora_tensors(state, cfg.num_attention_heads, cfg.num_key_value_heads),
-        alpha=config.lora_alpha,
-    )
+    files = export(model, base_gguf, out_dir, config)
     manifest: dict[str, Any] = {
         "format": "shiftdown-model/1",
         "base_model": {"file": base_gguf.name, "sha256": file_sha256(base_gguf)},
-        "adapter": "adapter.gguf",
+        **files,
         "labels": list(labels),
         "label_codes": codes,
         "prompt_template": FINETUNE_TEMPLATE,

@@ -100,10 +100,12 @@ def register(
 
 
 def load_model_dir(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
-    """(base GGUF, adapter, manifest) of a model directory made by ``shiftdown finetune``.
+    """(GGUF, adapter, manifest) of a model directory made by ``shiftdown finetune``.
 
-    The base is looked up beside the manifest, then as the bundled default model; its
-    SHA-256 must match the one the adapter was trained on.
+    The manifest's ``serve`` entry picks what is loaded: ``adapter`` (the base GGUF plus
+    the LoRA adapter) or a merged quantization (``q8_0``, ``q4_0``, ``f16``). The base is
+    looked up beside the manifest, then as the bundled default model; its SHA-256 must
+    match the one the adapter was trained on.
     """
     manifest_path = path / "manifest.json" if path.is_dir() else path
     try:
@@ -111,6 +113,12 @@ def load_model_dir(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"unreadable model manifest {manifest_path}: {exc}") from exc
     folder = manifest_path.parent
+    serve = manifest.get("serve", "adapter")
+    if serve != "adapter":
+        merged = folder / manifest.get("merged", {}).get(serve, f"model-{serve}.gguf")
+        if not merged.is_file():
+            raise ModelError(f"{merged} ({serve}) of {manifest_path} not found")
+        return merged, None, manifest
     base_name = manifest.get("base_model", {}).get("file")
     if not base_name:
         raise ModelError(f"{manifest_path} names no base model")
@@ -231,4 +239,5 @@ def spec_for(version: ModelVersion, taxonomy: Taxonomy) -> ModelSpec:
 
 def model_name(version: ModelVersion) -> str:
     """A readable identity for predictions: task, version and file name."""
-    return f"{version.task_name}/v{version.version}:{Path(version.gguf_path).name}"
+    adapter = f"+{Path(version.adapter_path).parent.name}" if version.adapter_path else ""
+    return f"{version.task_name}/v{version.version}:{Path(version.gguf_path).name}{adapter}"

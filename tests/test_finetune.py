@@ -82,6 +82,11 @@ def test_tiny_task_is_learned_and_served_by_llama_cpp(tiny: dict[str, object]) -
     accuracy = correct / len(held_out)
     assert len(held_out) >= 40 and accuracy >= 0.9, accuracy
 
+    # The merged export, quantized to Q8_0 by llama.cpp, has learned the task as well.
+    merged = Path(tiny["dir"]) / manifest["merged"]["q8_0"]  # type: ignore[arg-type]
+    q8 = Classifier(spec_for_dir(merged, None, manifest), RuntimeOptions(n_ctx=512, n_threads=2))
+    assert sum(q8.classify(t).label == lbl for t, lbl in held_out) / len(held_out) >= 0.9
+
     # Without the adapter the same base model is far worse: the adapter carries the task.
     bare = Classifier(spec_for_dir(base, None, manifest), RuntimeOptions(n_ctx=512, n_threads=2))
     bare_correct = sum(bare.classify(text).label == label for text, label in held_out)
