@@ -35,9 +35,8 @@ install-train: $(VENV)/.train
 
 demo: install
 	rm -f demo.db demo.db-wal demo.db-shm
-	SHIFTDOWN_DATABASE_URL=sqlite:///demo.db $(BIN)/shiftdown run demo/banking77/test.csv \
-		--taxonomy demo/banking77/categories.json --task banking77 \
-		--model demo/banking77-lora --limit 500
+	SHIFTDOWN_DATABASE_URL=sqlite:///demo.db $(BIN)/shiftdown run demo/banking77/sample500.csv \
+		--taxonomy demo/banking77/categories.json --task banking77 --model demo/banking77-lora
 
 test: install-train
 	$(BIN)/pytest
