@@ -14,13 +14,11 @@ from itertools import islice
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from models.registry import ensure_task, resolve_model
 from producers.readers import Record, Rejected
-from shiftdown.db import session_scope
+from shiftdown.db import insert_or_skip, session_scope
 from shiftdown.schema import Document, InputError, Run, utcnow
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
@@ -65,12 +63,8 @@ def create_run(
 def _store_chunk(
     session: Session, run_id: int, records: list[Record]
 ) -> tuple[list[int], list[Record]]:
-    dialect = session.get_bind().dialect.name
-    ins = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = (
-        ins(Document)
-        .on_conflict_do_nothing(index_elements=["run_id", "external_id"])
-        .returning(Document.id, Document.external_id)
+    stmt = insert_or_skip(session, Document, ["run_id", "external_id"]).returning(
+        Document.id, Document.external_id
     )
     now = utcnow()
     rows = [

@@ -12,12 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from models.registry import task_taxonomy
-from shiftdown.db import session_scope
+from shiftdown.db import insert_or_skip, session_scope
 from shiftdown.errors import ConfigError
 from shiftdown.schema import Task, TeacherExample
 from shiftdown.settings import get_settings
@@ -42,9 +40,7 @@ def _sha(text: str) -> str:
 def _insert(session: Session, rows: list[dict[str, object]]) -> int:
     if not rows:
         return 0
-    dialect = session.get_bind().dialect.name
-    ins = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = ins(TeacherExample).on_conflict_do_nothing(index_elements=["task_name", "text_sha256"])
+    stmt = insert_or_skip(session, TeacherExample, ["task_name", "text_sha256"])
     result = session.execute(stmt.returning(TeacherExample.id), rows)
     return len(result.all())
 

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from shiftdown.settings import get_settings
@@ -59,3 +61,14 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def insert_or_skip(session: Session, model: type[Any], keys: list[str]) -> Any:
+    """An INSERT that silently skips rows whose ``keys`` already exist (Postgres, SQLite).
+
+    At-least-once delivery makes every write a possible repeat; this is how the store
+    keeps repeats from writing twice.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(model).on_conflict_do_nothing(index_elements=keys)

@@ -11,10 +11,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from shiftdown.db import insert_or_skip
 from shiftdown.schema import Document, Prediction
 
 
@@ -22,10 +21,7 @@ def insert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None
     """Bulk-insert predictions, skipping any (document, stage) already stored."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(Prediction).on_conflict_do_nothing(index_elements=["document_id", "stage"])
-    session.execute(stmt, list(rows))
+    session.execute(insert_or_skip(session, Prediction, ["document_id", "stage"]), list(rows))
 
 
 def move_documents(
