@@ -99,7 +99,10 @@ class Settings(BaseSettings):
     )
     frontier_timeout_s: float = Field(default=60.0, description="Timeout of one frontier call.")
     frontier_client_retries: int = Field(
-        default=2, ge=0, description="Retries inside the openai client for one attempt."
+        default=0,
+        ge=0,
+        description="Silent retries inside the openai client (0: every HTTP attempt is a "
+        "recorded task attempt).",
     )
     frontier_task_retries: int = Field(
         default=5, ge=0, description="Celery retries of a frontier task after retryable errors."

@@ -246,3 +246,48 @@ def test_frontier_answers_outside_the_taxonomy_end_failed_with_the_reason(
         assert all(c.prompt_tokens == 50 and c.status == "retryable" for c in calls)
     finally:
         server.stop()
+
+
+def test_transient_frontier_faults_are_retried_and_every_attempt_recorded(
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    banking_taxonomy: Path,
+    write_jsonl: Callable[..., Path],
+    reference: dict[str, str],
+) -> None:
+    def rate_limited(body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        return 429, {"error": {"message": "slow down"}}, {"Retry-After": "0.05"}
+
+    def broken(body: dict[str, Any]) -> tuple[int, str, dict[str, str]]:
+        return 200, "this is not JSON", {}
+
+    def server_error(body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        return 500, {"error": {"message": "upstream failure"}}, {}
+
+    text = next(iter(reference))
+    server = ScriptedServer(
+        label_for=lambda t: reference[t],
+        script=[rate_limited, broken, server_error],  # type: ignore[list-item]
+    ).start()
+    try:
+        use_settings(
+            SHIFTDOWN_DATABASE_URL=sqlite_url,
+            SHIFTDOWN_THRESHOLD="1.0",
+            OPENAI_BASE_URL=server.base_url,
+            SHIFTDOWN_FRONTIER_RETRY_BASE_S="0.01",
+        )
+        _run(["run", str(write_jsonl([{"text": text}])), "--taxonomy", str(banking_taxonomy)])
+        with session_scope() as s:
+            doc = s.scalars(select(Document)).one()
+            calls = list(s.scalars(select(FrontierCall).order_by(FrontierCall.attempt)))
+        assert doc.state == DocState.CLASSIFIED and doc.final_stage == "frontier"
+        assert [(c.attempt, c.status, c.http_status) for c in calls] == [
+            (1, "retryable", 429),
+            (2, "retryable", None),
+            (3, "retryable", 500),
+            (4, "ok", None),
+        ]
+        assert len(server.requests) == 4
+        assert final_labels(1)["1"] == (reference[text], "frontier")
+    finally:
+        server.stop()

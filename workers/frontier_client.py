@@ -142,6 +142,10 @@ class FrontierClient:
                 )
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
                 return self._result(start, RETRYABLE, error=f"{type(exc).__name__}: {exc}"[:500])
+            except (openai.APIError, ValueError) as exc:
+                # A body that is not a chat completion (the client raises JSONDecodeError
+                # for a 200 whose body is not JSON): the server may answer properly next time.
+                return self._result(start, RETRYABLE, error=f"{type(exc).__name__}: {exc}"[:500])
         else:
             return self._result(start, FATAL, error="the server rejected every request format")
         return self._parse(start, response, taxonomy)

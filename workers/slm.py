@@ -123,6 +123,10 @@ def process_batch(ids: list[int]) -> int:
         except FatalError as exc:
             failed[item.doc_id] = str(exc)
             continue
+        except Exception as exc:  # llama.cpp failed on this document: record, go on
+            log.exception("document %d could not be classified", item.doc_id)
+            failed[item.doc_id] = f"{type(exc).__name__}: {exc}"[:500]
+            continue
         rows.append(
             {
                 "document_id": item.doc_id,
