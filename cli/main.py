@@ -9,6 +9,7 @@ import click
 from cli.db import db
 from cli.escalate import escalate
 from cli.eval import eval_command
+from cli.export import export
 from cli.finetune import finetune
 from cli.models import models_group
 from cli.report import report
@@ -33,6 +34,7 @@ for command in (
     escalate,
     eval_command,
     finetune,
+    export,
     teach,
     models_group,
     tasks,

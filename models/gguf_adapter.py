@@ -38,6 +38,41 @@ def permute_rows(w: npt.NDArray[np.float32], n_head: int) -> npt.NDArray[np.floa
     )
 
 
+def unpermute_rows(w: npt.NDArray[np.float32], n_head: int) -> npt.NDArray[np.float32]:
+    """The inverse of ``permute_rows``: GGUF row order back to Hugging Face's."""
+    return (
+        w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def read_adapter(
+    path: Path, n_head: int, n_kv_head: int
+) -> tuple[dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]], float]:
+    """(A, B) per Hugging Face weight name of a GGUF LoRA adapter, and its alpha."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    alpha = float(reader.fields["adapter.lora.alpha"].contents())
+    gguf_to_hf = {v: k for k, v in HF_TO_GGUF.items()}
+    pairs: dict[str, dict[str, npt.NDArray[np.float32]]] = {}
+    for tensor in reader.tensors:
+        _, layer, kind, _weight, which = tensor.name.split(".")
+        shape = [int(n) for n in reversed(tensor.shape)]
+        array = np.asarray(tensor.data, dtype=np.float32).reshape(shape)
+        pairs.setdefault(f"model.layers.{layer}.{gguf_to_hf[kind]}.weight", {})[which] = array
+    result = {}
+    for name, pair in pairs.items():
+        b = pair["lora_b"]
+        if "q_proj" in name:
+            b = unpermute_rows(b, n_head)
+        elif "k_proj" in name:
+            b = unpermute_rows(b, n_kv_head)
+        result[name] = (pair["lora_a"], b)
+    return result, alpha
+
+
 def gguf_lora_tensors(
     state: dict[str, Any], n_head: int, n_kv_head: int
 ) -> dict[str, npt.NDArray[np.float32]]:

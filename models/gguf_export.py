@@ -88,3 +88,34 @@ def quantize(source: Path, out: Path, kind: str) -> None:
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params)
     if code != 0:
         raise RuntimeError(f"llama.cpp could not quantize {source} to {kind} (code {code})")
+
+
+def merge_model_dir(model_dir: Path, kinds: tuple[str, ...] = ("q8_0", "q4_0")) -> dict[str, str]:
+    """Merge a model directory's LoRA adapter into its base and export F16 + ``kinds``.
+
+    Written beside the manifest as ``model-<kind>.gguf``; returns kind → file name. Serving
+    a merged model skips the adapter's extra matrix products on every token.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from models.gguf_adapter import read_adapter
+    from models.registry import load_model_dir
+
+    base, adapter, _ = load_model_dir(model_dir)
+    if adapter is None:
+        raise ValueError(f"{model_dir} has no adapter to merge")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(base.parent), gguf_file=base.name, dtype=torch.float32
+    )
+    heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
+    deltas, alpha = read_adapter(adapter, heads, kv_heads)
+    state = model.state_dict()
+    for name, (a, b) in deltas.items():
+        state[name] = state[name] + torch.from_numpy(b @ a) * (alpha / a.shape[0])
+    files = {"f16": "model-f16.gguf"}
+    export_gguf(base, state, model_dir / files["f16"], heads, kv_heads)
+    for kind in kinds:
+        files[kind] = f"model-{kind}.gguf"
+        quantize(model_dir / files["f16"], model_dir / files[kind], kind)
+    return files
