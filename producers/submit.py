@@ -147,10 +147,11 @@ def submit_records(
             result.submitted += len(ids)
             result.rejected += len(bad)
             result.duplicates += len(dups)
-            while queue_depth(queue) > s.max_queue_depth:
-                time.sleep(0.2)
             for i in range(0, len(ids), s.slm_batch_size):
                 batch = ids[i : i + s.slm_batch_size]
+                # Backpressure: one round trip per message, far below its own cost.
+                while queue_depth(queue) >= s.max_queue_depth:
+                    time.sleep(0.2)
                 dispatch(TASK_SLM, [batch], queue, producer)
                 if on_progress:
                     on_progress(len(batch))

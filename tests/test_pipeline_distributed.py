@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -157,3 +158,41 @@ def test_a_task_pinned_to_its_own_queue(
     assert client.llen("slm.banking") == 3 and client.llen("slm") == 0
     listing = runner.invoke(cli, ["tasks", "list"])
     assert "slm.banking" in listing.stdout
+
+
+def test_producer_pauses_while_the_queue_is_deep(
+    use_settings: Callable[..., None],
+    stack_env: dict[str, str],
+    banking_taxonomy: Path,
+    write_jsonl: Callable[..., Path],
+    redis_url: str,
+) -> None:
+    import threading
+
+    import redis
+
+    use_settings(**stack_env, SHIFTDOWN_MAX_QUEUE_DEPTH="3", SHIFTDOWN_SLM_BATCH_SIZE="10")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    path = write_jsonl([{"text": f"query {i}"} for i in range(100)])
+    outcome: list[Any] = []
+    producer = threading.Thread(
+        target=lambda: outcome.append(
+            runner.invoke(cli, ["submit", str(path), "--taxonomy", str(banking_taxonomy)])
+        )
+    )
+    producer.start()
+    client = redis.Redis.from_url(redis_url)
+    time.sleep(2.0)
+    # No worker: the producer stops at the bound instead of flooding Redis.
+    assert client.llen("slm") == 3 and producer.is_alive()
+    popped = 0
+    deadline = time.monotonic() + 60
+    while producer.is_alive() and time.monotonic() < deadline:
+        if client.rpop("slm") is not None:  # a stand-in consumer takes one message
+            popped += 1
+        assert client.llen("slm") <= 3
+        time.sleep(0.05)
+    producer.join(timeout=5)
+    assert not producer.is_alive() and outcome[0].exit_code == 0
+    assert popped + client.llen("slm") == 10  # 100 documents in tasks of 10
