@@ -14,6 +14,7 @@ from cli.finetune import finetune
 from cli.models import models_group
 from cli.report import report
 from cli.run import run
+from cli.status import status, wait
 from cli.submit import submit
 from cli.tasks import tasks
 from cli.teach import teach
@@ -31,6 +32,8 @@ for command in (
     run,
     submit,
     report,
+    status,
+    wait,
     escalate,
     eval_command,
     finetune,

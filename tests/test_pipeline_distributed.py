@@ -108,7 +108,10 @@ def test_300_documents_through_redis_and_postgres(
     result = runner.invoke(cli, ["submit", str(path), "--taxonomy", str(banking_taxonomy)])
     assert result.exit_code == 0, result.output
     run_id = int(result.stdout.strip())
-    wait_until_done(run_id, 300, timeout_s=240)
+    waited = runner.invoke(cli, ["wait", str(run_id), "--timeout", "240"])
+    assert waited.exit_code == 0, waited.output
+    assert "300 document(s) settled" in waited.output
+    wait_until_done(run_id, 300, timeout_s=5)
     assert worker.poll() is None
 
     c = counts(run_id)
@@ -123,6 +126,8 @@ def test_300_documents_through_redis_and_postgres(
         label == reference[texts[ext]] for ext, (label, src) in labels.items() if src == "frontier"
     )
 
+    state = runner.invoke(cli, ["status", str(run_id), "--json"])
+    assert '"classified": 300' in state.stdout
     report = runner.invoke(cli, ["report", str(run_id), "--format", "json"])
     assert report.exit_code == 0
     assert '"documents": 300' in report.stdout

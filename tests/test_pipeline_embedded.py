@@ -53,6 +53,9 @@ def test_everything_escalates_and_parks_without_a_frontier(
     assert c["stages"] == {"slm": 40} and c["frontier_calls"] == 0
     report = _report(1)
     assert report["escalation_rate"] == 1.0 and report["final"] == 0
+    assert "awaiting_frontier" in _run(["status"]).output
+    # Parked documents are settled: waiting returns at once.
+    assert "40 document(s) settled" in _run(["wait", "1", "--timeout", "5"]).output
 
     # A frontier appears: the parked documents are sent once, and nothing else is.
     use_settings(
