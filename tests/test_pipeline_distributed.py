@@ -3,6 +3,8 @@ Postgres, with the frontier on a scripted OpenAI-compatible server on loopback."
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -99,6 +101,7 @@ def test_300_documents_through_redis_and_postgres(
     write_jsonl: Callable[..., Path],
     reference: dict[str, str],
     scripted: ScriptedServer,
+    tmp_path: Path,
 ) -> None:
     use_settings(**stack_env)
     runner = CliRunner()
@@ -131,11 +134,19 @@ def test_300_documents_through_redis_and_postgres(
     report = runner.invoke(cli, ["report", str(run_id), "--format", "json"])
     assert report.exit_code == 0
     assert '"documents": 300' in report.stdout
-    # The API key reaches neither the broker's messages nor the store.
-    with session_scope() as s:
-        assert not s.scalar(
-            select(func.count()).where(Document.text.contains("sk-test-distributed"))
-        )
+    # The API key was used (the worker called the frontier) but is nowhere it could leak:
+    # not in the store, the worker's log, or the report.
+    key = stack_env["OPENAI_API_KEY"]
+    dump = subprocess.run(
+        ["pg_dump", "--data-only", stack_env["SHIFTDOWN_DATABASE_URL"].replace("+psycopg", "")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "frontier_calls" in dump and key not in dump
+    assert key not in (tmp_path / "worker.log").read_text(errors="replace")
+    assert key not in report.stdout
 
 
 def test_a_task_pinned_to_its_own_queue(
@@ -155,12 +166,26 @@ def test_a_task_pinned_to_its_own_queue(
         ["tasks", "set", "banking", "--taxonomy", str(banking_taxonomy), "--queue", "slm.banking"],
     )
     assert result.exit_code == 0, result.output
-    path = write_jsonl([{"text": f"query {i}"} for i in range(70)])
+    hostile = "x'); DROP TABLE documents; --"
+    path = write_jsonl([{"text": f"query {i}"} for i in range(69)] + [{"text": hostile}])
     result = runner.invoke(cli, ["submit", str(path), "--task", "banking"])
     assert result.exit_code == 0, result.output
     client = redis.Redis.from_url(redis_url)
     # 70 documents in tasks of 32: three messages, all on the task's own queue.
     assert client.llen("slm.banking") == 3 and client.llen("slm") == 0
+    # Messages carry document ids only: no text, no API key.
+    bodies = [
+        json.loads(base64.b64decode(json.loads(raw)["body"]))
+        for raw in client.lrange("slm.banking", 0, -1)
+    ]
+    args = [body[0][0] for body in bodies]  # (args, kwargs, embed): args = [document ids]
+    assert sorted(len(ids) for ids in args) == [6, 32, 32]
+    assert all(isinstance(i, int) for ids in args for i in ids)
+    raw = b"".join(client.lrange("slm.banking", 0, -1)).decode()
+    assert stack_env["OPENAI_API_KEY"] not in raw
+    # Text is stored as given and never interpolated into SQL.
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).where(Document.text == hostile)) == 1
     listing = runner.invoke(cli, ["tasks", "list"])
     assert "slm.banking" in listing.stdout
 
