@@ -11,6 +11,7 @@ from cli.escalate import escalate
 from cli.eval import eval_command
 from cli.export import export
 from cli.finetune import finetune
+from cli.metrics import metrics
 from cli.models import models_group
 from cli.report import report
 from cli.run import run
@@ -34,6 +35,7 @@ for command in (
     report,
     status,
     wait,
+    metrics,
     escalate,
     eval_command,
     finetune,

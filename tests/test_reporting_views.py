@@ -75,3 +75,61 @@ def test_views_match_the_report(
     agreed = sum(slm[d] == lbl for d, lbl in frontier.items())
     assert agreement["documents_seen_by_both"] == escalated and agreement["agreed"] == agreed
     assert float(agreement["agreement"]) == pytest.approx(agreed / escalated)
+
+
+def test_metrics_endpoint_is_scraped(
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    banking: list[dict[str, str]],
+    banking_taxonomy: Path,
+    scripted: ScriptedServer,
+    write_jsonl: Callable[..., Path],
+) -> None:
+    import socket
+    import urllib.request
+
+    from prometheus_client import start_http_server
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from cli.metrics import registry
+
+    use_settings(
+        SHIFTDOWN_DATABASE_URL=sqlite_url,
+        SHIFTDOWN_THRESHOLD="0.5",
+        OPENAI_BASE_URL=scripted.base_url,
+        SHIFTDOWN_FRONTIER_MODEL="gpt-4o",
+    )
+    docs = write_jsonl([{"text": r["text"]} for r in banking[:20]])
+    assert (
+        CliRunner().invoke(cli, ["run", str(docs), "--taxonomy", str(banking_taxonomy)]).exit_code
+        == 0
+    )
+    report = json.loads(CliRunner().invoke(cli, ["report", "--format", "json"]).stdout)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry())
+    try:
+        body = (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        )
+    finally:
+        server.shutdown()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+    assert samples[("shiftdown_predictions_total", (("stage", "slm"),))] == 20
+    assert samples[("shiftdown_escalations_total", (("task", "default"),))] == report["escalated"]
+    frontier = report["frontier"]
+    assert (
+        samples[("shiftdown_frontier_calls_total", (("model", "gpt-4o"), ("status", "ok")))]
+        == frontier["calls"]
+    )
+    assert samples[("shiftdown_frontier_usd_total", (("model", "gpt-4o"),))] == pytest.approx(
+        frontier["usd"]
+    )
+    assert samples[("shiftdown_stage_latency_ms_count", (("stage", "slm"),))] == 20
+    assert samples[("shiftdown_documents", (("state", "classified"), ("task", "default")))] == 20
+    assert samples[("shiftdown_queue_depth", (("queue", "slm"),))] == 0
