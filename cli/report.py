@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 from typing import Any
 
 import click
@@ -11,7 +13,7 @@ from rich.table import Table
 
 from cli.common import ensure_schema, handle_errors
 from shiftdown.db import session_scope
-from shiftdown.reporting import latest_run_id, run_report
+from shiftdown.reporting import latest_run_id, run_report, run_series
 from shiftdown.settings import get_settings
 
 
@@ -67,23 +69,59 @@ def render_table(data: dict[str, Any]) -> Table:
     return table
 
 
-def print_report(run_id: int | None, fmt: str) -> None:
-    """Print one run's report (default: the latest run) as a table or JSON."""
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested report fields as ``a.b`` columns, for CSV."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def print_report(run_id: int | None, fmt: str, html_path: str | None = None) -> None:
+    """Print one run's report (default: the latest run) as a table, JSON or CSV."""
     ensure_schema()
     with session_scope() as session:
-        data = run_report(session, run_id or latest_run_id(session), get_settings())
+        run_id = run_id or latest_run_id(session)
+        data = run_report(session, run_id, get_settings())
+        if html_path:
+            from cli.report_html import render_html
+
+            series = run_series(session, run_id, get_settings())
+            with open(html_path, "w", encoding="utf-8") as f:
+                f.write(render_html(data, series))
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))
+    elif fmt == "csv":
+        flat = flatten(data)
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(flat))
+        writer.writeheader()
+        writer.writerow(flat)
     else:
         Console().print(render_table(data))
+    if html_path:
+        click.echo(f"wrote {html_path}", err=True)
 
 
 @click.command()
 @click.argument("run_id", type=int, required=False)
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write a self-contained HTML page with charts.",
 )
 @handle_errors
-def report(run_id: int | None, fmt: str) -> None:
+def report(run_id: int | None, fmt: str, html_path: str | None) -> None:
     """Report on RUN_ID (default: the latest run)."""
-    print_report(run_id, fmt)
+    print_report(run_id, fmt, html_path)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from shiftdown.costs import cost_usd
@@ -167,5 +167,48 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
             else None,
             "saving_pct": round(100 * (1 - spent / counterfactual), 2) if counterfactual else None,
             "basis": basis,
+        },
+    }
+
+
+def run_series(session: Session, run_id: int, settings: Settings) -> dict[str, Any]:
+    """Time series and distributions behind the report's charts."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise ConfigError(f"no run {run_id}")
+    rows = session.execute(
+        select(Prediction.created_at, Prediction.stage, Prediction.latency_ms, Prediction.cost_usd)
+        .where(Prediction.run_id == run_id)
+        .order_by(Prediction.created_at)
+    ).all()
+    start = _utc(run.created_at)
+    per_doc = run_report(session, run_id, settings)["counterfactual"][
+        "all_frontier_usd_per_1k_docs"
+    ]
+    cumulative, spent, seen = [], 0.0, 0
+    for created, stage, _, cost in rows:
+        if stage == Stage.SLM:
+            seen += 1
+        spent += cost or 0.0
+        t = (_utc(created) - start).total_seconds() if start and created else 0.0  # type: ignore[operator]
+        cumulative.append((round(t, 3), spent, seen * (per_doc or 0.0) / 1000))
+    by_label = [
+        (label, n, esc)
+        for label, n, esc in session.execute(
+            select(
+                Prediction.label,
+                func.count(),
+                func.sum(case((Prediction.confidence < run.threshold, 1), else_=0)),
+            )
+            .where(Prediction.run_id == run_id, Prediction.stage == Stage.SLM)
+            .group_by(Prediction.label)
+        )
+    ]
+    return {
+        "slm_times": [c[0] for c, r in zip(cumulative, rows, strict=True) if r[1] == Stage.SLM],
+        "cumulative_cost": cumulative,
+        "escalation_by_label": sorted(by_label, key=lambda r: -(r[2] or 0) / r[1]),
+        "latency_ms": {
+            stage: [r[2] for r in rows if r[1] == stage] for stage in (Stage.SLM, Stage.FRONTIER)
         },
     }
