@@ -27,6 +27,8 @@ def _check_round_trip(url: str) -> None:
         "escalation_by_label",
         "frontier_cost_by_day",
         "slm_frontier_agreement",
+        "latency_percentiles",
+        "escalation_by_day",
     }
     assert views <= set(insp.get_view_names())
     uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("predictions")}

@@ -48,6 +48,13 @@ def test_views_match_the_report(
         by_day = q("SELECT * FROM frontier_cost_by_day")
         per_minute = q("SELECT * FROM throughput_per_minute WHERE run_id = 1")
         agreement = q("SELECT * FROM slm_frontier_agreement WHERE run_id = 1")[0]
+        percentiles = {
+            r["stage"]: r for r in q("SELECT * FROM latency_percentiles WHERE run_id = 1")
+        }
+        by_day_esc = q("SELECT * FROM escalation_by_day")
+        latencies = sorted(
+            s.scalars(select(Prediction.latency_ms).where(Prediction.stage == "slm")).all()
+        )
         predictions = s.execute(
             select(Prediction.document_id, Prediction.stage, Prediction.label)
         ).all()
@@ -61,6 +68,16 @@ def test_views_match_the_report(
     assert float(summary["all_frontier_usd"]) == pytest.approx(
         report["counterfactual"]["all_frontier_usd"], rel=1e-4
     )
+
+    # Nearest-rank percentiles: the smallest value with at least p of the values at or below it.
+    assert percentiles["slm"]["documents"] == 30
+    assert percentiles["slm"]["p50_ms"] == pytest.approx(latencies[14])
+    assert percentiles["slm"]["p95_ms"] == pytest.approx(latencies[28])
+    assert percentiles["slm"]["max_ms"] == pytest.approx(latencies[-1])
+    assert percentiles["frontier"]["documents"] == escalated
+    assert sum(r["documents"] for r in by_day_esc) == 30
+    assert sum(r["escalated"] for r in by_day_esc) == escalated
+    assert float(summary["docs_per_s"]) == pytest.approx(report["docs_per_s"], rel=0.05)
 
     assert sum(r["documents"] for r in by_label) == 30
     assert sum(r["escalated"] for r in by_label) == escalated

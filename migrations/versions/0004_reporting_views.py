@@ -19,20 +19,37 @@ VIEWS = [
     "run_summary",
     "throughput_per_minute",
     "escalation_by_label",
+    "escalation_by_day",
     "frontier_cost_by_day",
+    "latency_percentiles",
     "slm_frontier_agreement",
 ]
 
 
-def _buckets() -> tuple[str, str]:
-    """SQL for the minute and the day of ``created_at`` in this dialect."""
+def _dialect_sql() -> dict[str, str]:
+    """Date buckets and time differences, which Postgres and SQLite spell differently."""
     if op.get_bind().dialect.name == "postgresql":
-        return "date_trunc('minute', p.created_at)", "date_trunc('day', c.created_at)::date"
-    return "strftime('%Y-%m-%d %H:%M', p.created_at)", "date(c.created_at)"
+        return {
+            "minute": "date_trunc('minute', p.created_at)",
+            "call_day": "date_trunc('day', c.created_at)::date",
+            "pred_day": "date_trunc('day', p.created_at)::date",
+            "seconds": "extract(epoch FROM ({end}) - ({start}))",
+        }
+    return {
+        "minute": "strftime('%Y-%m-%d %H:%M', p.created_at)",
+        "call_day": "date(c.created_at)",
+        "pred_day": "date(p.created_at)",
+        "seconds": "(julianday({end}) - julianday({start})) * 86400.0",
+    }
 
 
 def upgrade() -> None:
-    minute, day = _buckets()
+    sql = _dialect_sql()
+    minute, day, pred_day = sql["minute"], sql["call_day"], sql["pred_day"]
+    elapsed = sql["seconds"].format(
+        end="(SELECT max(p.created_at) FROM predictions p WHERE p.run_id = r.id)",
+        start="(SELECT min(d.created_at) FROM documents d WHERE d.run_id = r.id)",
+    )
     op.execute(
         f"""
         CREATE VIEW throughput_per_minute AS
@@ -68,9 +85,41 @@ def upgrade() -> None:
     )
     op.execute(
         """
+        CREATE VIEW latency_percentiles AS
+        WITH ranked AS (
+            SELECT run_id, stage, latency_ms,
+                   row_number() OVER (PARTITION BY run_id, stage ORDER BY latency_ms) AS rn,
+                   count(*) OVER (PARTITION BY run_id, stage) AS n
+            FROM predictions
+        )
+        SELECT run_id, stage, n AS documents,
+               min(CASE WHEN rn >= 0.5 * n THEN latency_ms END) AS p50_ms,
+               min(CASE WHEN rn >= 0.95 * n THEN latency_ms END) AS p95_ms,
+               max(latency_ms) AS max_ms
+        FROM ranked
+        GROUP BY run_id, stage, n
+        """
+    )
+    op.execute(
+        f"""
+        CREATE VIEW escalation_by_day AS
+        SELECT {pred_day} AS day, r.task_name, count(*) AS documents,
+               sum(CASE WHEN p.confidence < r.threshold THEN 1 ELSE 0 END) AS escalated,
+               1.0 * sum(CASE WHEN p.confidence < r.threshold THEN 1 ELSE 0 END) / count(*)
+                   AS escalation_rate
+        FROM predictions p JOIN runs r ON r.id = p.run_id
+        WHERE p.stage = 'slm'
+        GROUP BY {pred_day}, r.task_name
+        """
+    )
+    op.execute(
+        f"""
         CREATE VIEW run_summary AS
         SELECT r.id AS run_id, r.task_name, r.created_at, r.threshold,
                (SELECT count(*) FROM documents d WHERE d.run_id = r.id) AS documents,
+               (SELECT count(*) FROM documents d
+                WHERE d.run_id = r.id AND d.final_stage IS NOT NULL)
+                   / nullif({elapsed}, 0) AS docs_per_s,
                (SELECT count(*) FROM documents d WHERE d.run_id = r.id AND d.final_stage = 'slm')
                    AS final_slm,
                (SELECT count(*) FROM documents d
