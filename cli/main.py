@@ -11,6 +11,7 @@ from cli.escalate import escalate
 from cli.eval import eval_command
 from cli.export import export
 from cli.finetune import finetune
+from cli.flower import flower
 from cli.metrics import metrics
 from cli.models import models_group
 from cli.report import report
@@ -36,6 +37,7 @@ for command in (
     status,
     wait,
     metrics,
+    flower,
     escalate,
     eval_command,
     finetune,

@@ -117,6 +117,10 @@ class Settings(BaseSettings):
         description="Structured-output style: OpenAI json_schema, llama.cpp-style json_object "
         "with a schema, or auto (json_schema, falling back when the server rejects it).",
     )
+    flower_user: str = Field(default="admin", description="Flower basic-auth user.")
+    flower_password: SecretStr | None = Field(
+        default=None, description="Flower basic-auth password; `shiftdown flower` needs one."
+    )
     prices: dict[str, Price] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES),
         description="USD per million tokens by model, JSON; merged over the defaults.",

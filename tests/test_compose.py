@@ -64,7 +64,8 @@ def test_compose_file_is_valid_and_wires_the_stack() -> None:
     gpu = services["slm-worker-gpu"]
     assert gpu["environment"]["SHIFTDOWN_N_GPU_LAYERS"] == "-1"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
-    assert "--basic-auth=admin:secret" in services["flower"]["command"]
+    assert services["flower"]["command"][:2] == ["shiftdown", "flower"]
+    assert services["flower"]["environment"]["SHIFTDOWN_FLOWER_PASSWORD"] == "secret"
 
 
 def test_flower_refuses_to_start_without_a_password() -> None:

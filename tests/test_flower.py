@@ -24,6 +24,12 @@ from click.testing import CliRunner
 from cli.main import cli
 
 
+def test_flower_refuses_to_run_without_a_password(use_settings: Callable[..., None]) -> None:
+    use_settings()
+    result = CliRunner().invoke(cli, ["flower"])
+    assert result.exit_code != 0 and "SHIFTDOWN_FLOWER_PASSWORD" in result.output
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -107,18 +113,13 @@ def test_flower_api_sees_workers_and_tasks(
             start_new_session=True,
         ),
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "flower",
-                f"--port={port}",
-                "--address=127.0.0.1",
-                "--basic-auth=ops:s3cret",
-            ],
-            env={**base, **env},
+            [sys.executable, "-m", "cli", "flower", "--port", str(port), "--address", "127.0.0.1"],
+            env={
+                **base,
+                **env,
+                "SHIFTDOWN_FLOWER_USER": "ops",
+                "SHIFTDOWN_FLOWER_PASSWORD": "s3cret",
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -154,6 +155,8 @@ def test_flower_api_sees_workers_and_tasks(
         with pytest.raises(urllib.error.HTTPError) as denied:
             _get(f"{api}/workers", None)
         assert denied.value.code == 401
+        # The password reaches Flower through its environment, not its command line.
+        assert "s3cret" not in " ".join(procs[2].args)  # type: ignore[arg-type]
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
