@@ -11,6 +11,20 @@ from producers.submit import SubmitResult, create_run, submit_records
 from shiftdown.settings import get_settings
 
 
+def estimate_records(source: str, limit: int | None) -> int | None:
+    """Lines in a file (an upper bound on its records), for the progress bar's ETA.
+
+    One pass of binary reads, about a second per GB; stdin has no length to measure.
+    """
+    if source == "-":
+        return limit
+    lines = 0
+    with open(source, "rb") as f:
+        while chunk := f.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return min(lines, limit) if limit is not None else lines
+
+
 def submit_source(
     source: str,
     taxonomy: str | None,
@@ -32,7 +46,7 @@ def submit_source(
         records = read_records(stream, fmt, source, text_field, id_field or None)
         if limit is not None:
             records = islice(records, limit)
-        with progress_bar(f"run {run_id}") as advance:
+        with progress_bar(f"run {run_id}", total=estimate_records(source, limit)) as advance:
             result = submit_records(run_id, records, queue, on_progress=advance)
     if result.rejected:
         click.echo(
