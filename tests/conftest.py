@@ -26,6 +26,7 @@ from workers.app import configure
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "banking77"
 PG_ADMIN = os.environ.get("SHIFTDOWN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+# The tests flush this Redis database: two suites must not run against it at once.
 REDIS_URL = os.environ.get("SHIFTDOWN_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
 SETTING_VARS = [

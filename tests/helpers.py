@@ -1,8 +1,13 @@
-"""Queries the pipeline tests use to check the store."""
+"""What the pipeline tests share: queries that check the store, and real processes."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import IO, Any
 
 from sqlalchemy import func, select, text
 
@@ -59,3 +64,54 @@ def final_labels(run_id: int) -> dict[str, tuple[str, str]]:
             {"r": run_id},
         ).all()
     return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_module(args: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """``python -m ARGS`` with only ``env``'s shiftdown settings, in its own process group
+    (so a signal reaches a Celery worker's pool children too)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SHIFTDOWN_", "OPENAI_"))}
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        env={**base, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def celery_worker(
+    queues: str, env: dict[str, str], log: IO[bytes], *extra: str
+) -> subprocess.Popen[bytes]:
+    """A real Celery worker process of ``workers.app`` on ``queues``."""
+    return start_module(
+        [
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            queues,
+            "--without-gossip",
+            "--without-mingle",
+            *extra,
+        ],
+        env,
+        log,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Signal a process group and wait; SIGKILL if it does not end in time."""
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

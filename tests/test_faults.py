@@ -3,10 +3,8 @@ nothing and duplicates nothing."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,36 +16,14 @@ from sqlalchemy import func, select
 from cli.main import cli
 from shiftdown.db import session_scope
 from shiftdown.schema import Prediction
-from tests.helpers import counts
+from tests.helpers import celery_worker, counts, stop
 from tests.scripted_server import ScriptedServer
 
 pytestmark = pytest.mark.faults
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SHIFTDOWN_", "OPENAI_"))}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-Q",
-            "slm,frontier",
-            "-c",
-            "1",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "info",
-        ],
-        env={**base, **env},
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so SIGKILL takes the pool child too
-    )
+    return celery_worker("slm,frontier", env, log.open("ab"), "-c", "1", "-l", "info")
 
 
 def slm_done(run_id: int) -> int:
@@ -96,8 +72,7 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
     while slm_done(run_id) < 0.3 * n and time.monotonic() < deadline:
         time.sleep(0.2)
     killed_at = slm_done(run_id)
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait(timeout=10)
+    stop(worker, signal.SIGKILL)
     assert 0 < killed_at < n
 
     time.sleep(6)  # past the visibility timeout
@@ -106,8 +81,7 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
         waited = runner.invoke(cli, ["wait", str(run_id), "--timeout", "240"])
         assert waited.exit_code == 0, waited.output + log.read_text(errors="replace")[-3000:]
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        stop(worker)
     c = counts(run_id)
     assert c["documents"] == n and c["labelled"] == n, c  # nothing lost
     assert c["duplicates"] == 0 and c["stages"]["slm"] == n  # nothing written twice

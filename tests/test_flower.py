@@ -6,11 +6,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,18 +17,13 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from tests.helpers import celery_worker, free_port, start_module, stop
 
 
 def test_flower_refuses_to_run_without_a_password(use_settings: Callable[..., None]) -> None:
     use_settings()
     result = CliRunner().invoke(cli, ["flower"])
     assert result.exit_code != 0 and "SHIFTDOWN_FLOWER_PASSWORD" in result.output
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str, auth: str | None) -> Any:
@@ -62,67 +52,15 @@ def test_flower_api_sees_workers_and_tasks(
     use_settings(**env)
     runner = CliRunner()
     assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SHIFTDOWN_", "OPENAI_"))}
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "procs.log").open("wb")
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "worker",
-                "-Q",
-                "slm",
-                "-n",
-                "slm@%h",
-                "-c",
-                "1",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            env={**base, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "worker",
-                "-Q",
-                "frontier",
-                "-n",
-                "frontier@%h",
-                "-P",
-                "threads",
-                "-c",
-                "4",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            env={**base, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
-        subprocess.Popen(
-            [sys.executable, "-m", "cli", "flower", "--port", str(port), "--address", "127.0.0.1"],
-            env={
-                **base,
-                **env,
-                "SHIFTDOWN_FLOWER_USER": "ops",
-                "SHIFTDOWN_FLOWER_PASSWORD": "s3cret",
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        celery_worker("slm", env, log, "-n", "slm@%h", "-c", "1"),
+        celery_worker("frontier", env, log, "-n", "frontier@%h", "-P", "threads", "-c", "4"),
+        start_module(
+            ["cli", "flower", "--port", str(port), "--address", "127.0.0.1"],
+            {**env, "SHIFTDOWN_FLOWER_USER": "ops", "SHIFTDOWN_FLOWER_PASSWORD": "s3cret"},
+            log,
         ),
     ]
     api = f"http://127.0.0.1:{port}/api"
@@ -159,10 +97,5 @@ def test_flower_api_sees_workers_and_tasks(
         assert "s3cret" not in " ".join(procs[2].args)  # type: ignore[arg-type]
     finally:
         for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop(proc)
         log.close()

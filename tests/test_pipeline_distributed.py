@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +18,7 @@ from sqlalchemy import func, select
 from cli.main import cli
 from shiftdown.db import session_scope
 from shiftdown.schema import DocState, Document
-from tests.helpers import counts, final_labels
+from tests.helpers import celery_worker, counts, final_labels, stop
 from tests.scripted_server import ScriptedServer
 
 TERMINAL = {
@@ -46,36 +43,10 @@ def stack_env(pg_url: str, redis_url: str, scripted: ScriptedServer) -> dict[str
 
 @pytest.fixture
 def worker(stack_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIFTDOWN_", "OPENAI_"))}
-    log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-Q",
-            "slm,frontier",
-            "-c",
-            "1",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "info",
-        ],
-        env={**env, **stack_env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with (tmp_path / "worker.log").open("wb") as log:
+        proc = celery_worker("slm,frontier", stack_env, log, "-c", "1", "-l", "info")
+        yield proc
+        stop(proc)
 
 
 def wait_until_done(run_id: int, n: int, timeout_s: float) -> None:
