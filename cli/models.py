@@ -11,7 +11,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cli.common import ensure_schema, handle_errors
-from models.registry import find_version, model_name, promote, resolve_model, rollback
+from models.registry import (
+    find_version,
+    model_name,
+    promote,
+    resolve_model,
+    rollback,
+    version_number,
+)
 from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
 from shiftdown.schema import ModelVersion, Task
@@ -26,10 +33,10 @@ def _task(session: Session, name: str | None) -> Task:
 
 
 def _version_number(ref: str) -> int:
-    digits = ref[1:] if ref.lower().startswith("v") else ref
-    if not digits.isdigit():
+    number = version_number(ref)
+    if number is None:
         raise ConfigError(f"{ref!r} is not a version number (e.g. 3 or v3)")
-    return int(digits)
+    return number
 
 
 task_option = click.option(

@@ -12,8 +12,8 @@ from cli.common import ensure_schema, handle_errors
 from cli.progress import progress_bar
 from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
-from shiftdown.reporting import latest_run_id
-from shiftdown.schema import DocState, Document, InputError, Run
+from shiftdown.reporting import documents_by_state, latest_run_id
+from shiftdown.schema import DocState, InputError, Run
 
 # States a document does not leave without an operator (escalate --pending) or a retry.
 SETTLED = (
@@ -31,13 +31,7 @@ def run_counts(run_id: int | None) -> tuple[int, dict[str, int], int, bool]:
         run = session.get(Run, run_id)
         if run is None:
             raise ConfigError(f"no run {run_id}")
-        states = dict(
-            session.execute(
-                select(Document.state, func.count())
-                .where(Document.run_id == run_id)
-                .group_by(Document.state)
-            ).all()
-        )
+        states = documents_by_state(session, run_id)
         rejected = session.scalar(select(func.count()).where(InputError.run_id == run_id)) or 0
         return run_id, states, rejected, run.submitted_at is not None
 

@@ -167,6 +167,12 @@ def rollback(session: Session, task: Task) -> ModelVersion:
     return previous
 
 
+def version_number(ref: str) -> int | None:
+    """``3`` or ``v3`` as 3; None when ``ref`` is not a version number."""
+    digits = ref[1:] if ref.lower().startswith("v") else ref
+    return int(digits) if digits.isdigit() else None
+
+
 def find_version(session: Session, task: Task, number: int) -> ModelVersion:
     """Version ``number`` of ``task``."""
     found = session.scalars(
@@ -203,9 +209,9 @@ def resolve_model(
             if task.model_version_id is None:
                 promote(session, task, version)
             return version
-        number = ref[1:] if ref.lower().startswith("v") else ref
-        if number.isdigit():
-            return find_version(session, task, int(number))
+        number = version_number(ref)
+        if number is not None:
+            return find_version(session, task, number)
         raise ConfigError(f"--model {ref!r} is neither a GGUF file nor a version number")
     if task.model_version_id is not None:
         promoted = session.get(ModelVersion, task.model_version_id)

@@ -46,6 +46,17 @@ def latest_run_id(session: Session) -> int:
     return int(run_id)
 
 
+def documents_by_state(session: Session, run_id: int) -> dict[str, int]:
+    """How many of the run's documents are in each state."""
+    return dict(
+        session.execute(
+            select(Document.state, func.count())
+            .where(Document.run_id == run_id)
+            .group_by(Document.state)
+        ).all()
+    )
+
+
 def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50_ms": None, "p95_ms": None, "n": 0}
@@ -62,13 +73,7 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
     version = session.get(ModelVersion, run.model_version_id)
     taxonomy = Taxonomy.from_data(task.taxonomy)
 
-    states = dict(
-        session.execute(
-            select(Document.state, func.count())
-            .where(Document.run_id == run_id)
-            .group_by(Document.state)
-        ).all()
-    )
+    states = documents_by_state(session, run_id)
     n_docs = sum(states.values())
     final_by_stage = dict(
         session.execute(
