@@ -13,7 +13,14 @@ from cli.common import ensure_schema, handle_errors, load_taxonomy
 from cli.progress import progress_bar
 from models.classifier import Classifier
 from models.evaluate import evaluate, write_chart
-from models.registry import ensure_task, model_name, resolve_model, spec_for, task_taxonomy
+from models.registry import (
+    ensure_task,
+    model_name,
+    resolve_model,
+    spec_for,
+    task_taxonomy,
+    update_manifest,
+)
 from models.teacher import read_labelled
 from shiftdown.db import session_scope
 from shiftdown.settings import get_settings
@@ -68,29 +75,33 @@ def eval_command(
     examples = read_labelled(data_path, text_column, label_column, tax)[:limit]
     clf = Classifier(spec, runtime_options(s))
     with progress_bar(f"eval {name}", total=len(examples)) as advance:
-        report, confidence, correct = evaluate(clf, examples, advance)
+        report, scores = evaluate(clf, examples, advance)
     report["model"] = name
     with session_scope() as session:
         from shiftdown.schema import ModelVersion
 
-        row = session.get_one(ModelVersion, version_id)
-        row.manifest = {
-            **(row.manifest or {}),
-            "evaluation": {
+        update_manifest(
+            session,
+            session.get_one(ModelVersion, version_id),
+            evaluation={
                 k: report[k]
                 for k in (
                     "documents",
                     "accuracy",
                     "macro_f1",
                     "ece",
+                    "ece_uncalibrated",
+                    "temperature",
                     "accuracy_at_coverage",
                     "docs_per_s",
                 )
             }
             | {"data": str(data_path)},
-        }
+        )
     if chart:
-        write_chart(chart, confidence, correct, f"{name} on {data_path.name}")
+        write_chart(
+            chart, scores.confidence(clf.temperature), scores.correct, f"{name} on {data_path.name}"
+        )
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -99,7 +110,8 @@ def eval_command(
     table.add_column("value", justify="right")
     table.add_row("accuracy", f"{100 * report['accuracy']:.2f} %")
     table.add_row("macro-F1", f"{100 * report['macro_f1']:.2f} %")
-    table.add_row("ECE", f"{report['ece']:.4f}")
+    table.add_row("ECE, uncalibrated (T = 1)", f"{report['ece_uncalibrated']:.4f}")
+    table.add_row(f"ECE, served (T = {report['temperature']:g})", f"{report['ece']:.4f}")
     for cov, acc in report["accuracy_at_coverage"].items():
         table.add_row(
             f"accuracy on the most confident {100 * float(cov):.0f} %", f"{100 * acc:.2f} %"

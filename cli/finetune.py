@@ -116,6 +116,12 @@ def finetune(
                 click.echo(f"step {step}/{total} loss {last[0]:.4f}", err=True)
 
         manifest = train(
-            base_path or default_gguf_path(), train_set, tax.names, out_dir, config, on_step
+            base_path or default_gguf_path(),
+            train_set,
+            tax.names,
+            out_dir,
+            config,
+            on_step,
+            heldout=valid_set,
         )
     click.echo(f"wrote {out_dir} ({manifest['train_seconds']} s of training)")

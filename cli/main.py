@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from cli.calibrate import calibrate
 from cli.db import db
 from cli.escalate import escalate
 from cli.eval import eval_command
@@ -14,7 +15,9 @@ from cli.finetune import finetune
 from cli.flower import flower
 from cli.metrics import metrics
 from cli.models import models_group
+from cli.policy import policy
 from cli.report import report
+from cli.retrain import retrain
 from cli.run import run
 from cli.status import status, wait
 from cli.submit import submit
@@ -40,6 +43,9 @@ for command in (
     flower,
     escalate,
     eval_command,
+    calibrate,
+    policy,
+    retrain,
     finetune,
     export,
     teach,

@@ -39,7 +39,7 @@ def render_table(data: dict[str, Any]) -> Table:
         ("with a final label", _fmt(data["final"])),
         *((f"  final from {k}", _fmt(v)) for k, v in sorted(data["final_by_stage"].items())),
         *((f"  state {k}", _fmt(v)) for k, v in sorted(data["states"].items())),
-        (f"escalated (confidence < {data['threshold']})", _fmt(data["escalated"])),
+        (f"escalated (policy, global threshold {data['threshold']})", _fmt(data["escalated"])),
         (
             "escalation rate",
             _fmt(None if data["escalation_rate"] is None else 100 * data["escalation_rate"], " %"),
@@ -63,6 +63,22 @@ def render_table(data: dict[str, Any]) -> Table:
         ("all-frontier cost per 1,000 documents", _fmt(cf["all_frontier_usd_per_1k_docs"], " USD")),
         ("saving", _fmt(cf["saving_pct"], " %")),
     ]
+    for kind, figures in data["agreement"].items():
+        if figures["documents"]:
+            rows.append(
+                (
+                    f"SLM-frontier agreement, {kind} ({figures['documents']} documents)",
+                    _fmt(100 * figures["agreement"], " %"),
+                )
+            )
+    be = data["break_even"]
+    rows += [
+        ("one-off cost: teacher labels + fine-tuning", _fmt(be["one_off_usd"], " USD")),
+        ("pays for itself after", _fmt(be["break_even_documents"], " documents")),
+    ]
+    rows += [("drift", check["message"]) for check in data["drift"]]
+    if data["slm_bypass"]:
+        rows.append(("SLM bypassed", data["slm_bypass"]))
     for name, value in rows:
         table.add_row(name, value)
     table.caption = f"counterfactual basis: {cf['basis']}"

@@ -55,6 +55,8 @@ class Classification:
     label: str
     confidence: float
     probs: npt.NDArray[np.float64]
+    # The label codes' raw logits, before temperature: what calibration is fitted on.
+    logits: npt.NDArray[np.float64]
     latency_ms: float
     prompt_tokens: int
     truncated: bool
@@ -157,12 +159,14 @@ class Classifier:
         logits = np.ctypeslib.as_array(
             llama_get_logits_ith(self._llm.ctx, -1), shape=(self._llm.n_vocab(),)
         )
-        probs = softmax(logits[self._code_index].astype(np.float64) / self.temperature)
+        label_logits = logits[self._code_index].astype(np.float64)
+        probs = softmax(label_logits / self.temperature)
         best = int(np.argmax(probs))
         return Classification(
             label=self.labels[best],
             confidence=float(probs[best]),
             probs=probs,
+            logits=label_logits,
             latency_ms=(time.perf_counter() - start) * 1000.0,
             prompt_tokens=len(self._prefix) + len(doc) + len(self._suffix),
             truncated=truncated,

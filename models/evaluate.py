@@ -4,7 +4,6 @@ coverage (keep the most confident share, measure accuracy on it)."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import pairwise
@@ -15,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.classifier import Classifier
+from models.scores import Scores, score
 
 COVERAGES = (0.5, 0.7, 0.8, 0.9, 0.95)
 
@@ -86,24 +86,21 @@ def evaluate(
     clf: Classifier,
     examples: Sequence[tuple[str, str]],
     on_progress: Callable[[int], None] | None = None,
-) -> tuple[dict[str, Any], npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-    """Classify every example with ``clf``; returns metrics, confidences and correctness."""
-    predicted: list[str] = []
-    confidence: list[float] = []
-    started = time.perf_counter()
-    for text, _ in examples:
-        result = clf.classify(text)
-        predicted.append(result.label)
-        confidence.append(result.confidence)
-        if on_progress:
-            on_progress(1)
-    elapsed = time.perf_counter() - started
-    gold = [label for _, label in examples]
-    report = metrics(gold, predicted, confidence, clf.labels)
-    report["docs_per_s"] = round(len(examples) / elapsed, 2) if elapsed else None
-    conf = np.asarray(confidence)
-    correct = np.asarray([g == p for g, p in zip(gold, predicted, strict=True)])
-    return report, conf, correct
+) -> tuple[dict[str, Any], Scores]:
+    """Classify every example with ``clf``; returns metrics and the raw scores.
+
+    ``ece`` is at the model's stored temperature (what workers serve);
+    ``ece_uncalibrated`` at temperature 1, so a calibration's effect is visible.
+    """
+    scores = score(clf, examples, on_progress)
+    confidence = scores.confidence(clf.temperature)
+    report = metrics(scores.gold_labels, scores.predicted, list(confidence), clf.labels)
+    report["temperature"] = clf.temperature
+    report["ece_uncalibrated"] = round(
+        expected_calibration_error(scores.confidence(1.0), scores.correct), 4
+    )
+    report["docs_per_s"] = round(len(examples) / scores.elapsed_s, 2) if scores.elapsed_s else None
+    return report, scores
 
 
 def write_chart(

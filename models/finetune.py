@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from models.coding import FINETUNE_TEMPLATE, PromptTemplate, Vocab
-from models.finetune_manifest import file_sha256, teacher_hash
+from models.finetune_manifest import file_sha256, teacher_hash, write_heldout
 from models.gguf_adapter import gguf_lora_tensors, write_adapter
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -113,8 +113,10 @@ def finetune(
     out_dir: Path,
     config: FinetuneConfig = FinetuneConfig(),
     on_step: Callable[[int, int, float], None] | None = None,
+    heldout: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    """Train a LoRA adapter on ``examples`` and write ``adapter.gguf`` + ``manifest.json``.
+    """Train a LoRA adapter on ``examples`` and write ``adapter.gguf`` + ``manifest.json``
+    (and ``heldout.csv``, the examples kept out of training, when given).
 
     Returns the manifest. ``on_step(step, total, loss)`` reports progress.
     """
@@ -218,6 +220,7 @@ def finetune(
         "prompt_template": FINETUNE_TEMPLATE,
         "temperature": 1.0,
         "teacher_set": {"sha256": teacher_hash(examples), "examples": len(examples)},
+        **({"heldout": write_heldout(out_dir, heldout)} if heldout else {}),
         "hyperparameters": {**asdict(config), "steps": total, "device": device},
         "train_seconds": round(train_s, 1),
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),

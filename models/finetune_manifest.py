@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from collections.abc import Sequence
@@ -35,3 +36,19 @@ def verify_base(base: Path, manifest: dict[str, Any]) -> None:
         raise ModelError(
             f"{base} is not the base model the adapter was trained on (SHA-256 differs)"
         )
+
+
+HELDOUT_FILE = "heldout.csv"
+
+
+def write_heldout(out_dir: Path, examples: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Write the held-out split beside the model (text,label CSV); its manifest entry.
+
+    Calibration and the escalation policy are fitted on it: data the model never saw.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / HELDOUT_FILE).open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(examples)
+    return {"file": HELDOUT_FILE, "examples": len(examples), "sha256": teacher_hash(examples)}

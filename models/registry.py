@@ -118,6 +118,7 @@ def load_model_dir(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
         merged = folder / manifest.get("merged", {}).get(serve, f"model-{serve}.gguf")
         if not merged.is_file():
             raise ModelError(f"{merged} ({serve}) of {manifest_path} not found")
+        _locate_heldout(manifest, folder)
         return merged, None, manifest
     base_name = manifest.get("base_model", {}).get("file")
     if not base_name:
@@ -131,10 +132,32 @@ def load_model_dir(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
     else:
         raise ModelError(f"base model {base_name} of {manifest_path} not found")
     verify_base(base, manifest)
+    _locate_heldout(manifest, folder)
     adapter = folder / manifest["adapter"] if manifest.get("adapter") else None
     if adapter is not None and not adapter.is_file():
         raise ModelError(f"adapter {adapter} of {manifest_path} not found")
     return base, adapter, manifest
+
+
+def _locate_heldout(manifest: dict[str, Any], folder: Path) -> None:
+    # The held-out split travels with the model directory; the registry keeps its path so
+    # that calibration and policy commands find it without being told.
+    heldout = manifest.get("heldout")
+    if isinstance(heldout, dict) and heldout.get("file"):
+        heldout["path"] = str((folder / heldout["file"]).resolve())
+
+
+def update_manifest(session: Session, version: ModelVersion, **entries: Any) -> None:
+    """Set (or, with None, remove) top-level entries of a version's stored manifest."""
+    manifest = dict(version.manifest or {})
+    for key, value in entries.items():
+        if value is None:
+            manifest.pop(key, None)
+        else:
+            manifest[key] = value
+    # A new dict, so that SQLAlchemy sees the JSON column change.
+    version.manifest = manifest
+    session.flush()
 
 
 def promote(session: Session, task: Task, version: ModelVersion) -> None:
@@ -222,15 +245,39 @@ def resolve_model(
     return version
 
 
-def check_labels(manifest: dict[str, Any], task: Task) -> None:
-    """A model trained for another label list is never used silently."""
+def _mismatch(manifest: dict[str, Any], task: Task) -> str | None:
     trained = manifest.get("labels")
     current = [label["name"] for label in task.taxonomy]
-    if trained is not None and list(trained) != current:
-        raise ConfigError(
-            f"the model was trained for {len(trained)} labels that differ from task "
-            f"{task.name!r}'s {len(current)}: retrain it for the current taxonomy"
-        )
+    if trained is None or list(trained) == current:
+        return None
+    added = len(set(current) - set(trained))
+    removed = len(set(trained) - set(current))
+    return (
+        f"the model was trained for {len(trained)} labels that differ from task "
+        f"{task.name!r}'s {len(current)} ({added} added, {removed} removed"
+        f"{', reordered' if not added and not removed else ''})"
+    )
+
+
+def check_labels(manifest: dict[str, Any], task: Task) -> None:
+    """A model trained for another label list is never used silently."""
+    problem = _mismatch(manifest, task)
+    if problem:
+        raise ConfigError(f"{problem}: retrain it for the current taxonomy")
+
+
+def label_mismatch(version: ModelVersion, task: Task) -> str | None:
+    """Why ``version`` cannot serve the task's current taxonomy, or None when it can.
+
+    A bare GGUF (no trained label list) reads the labels from its prompt and serves any.
+    """
+    problem = _mismatch(dict(version.manifest or {}), task)
+    if problem is None:
+        return None
+    return (
+        f"v{version.version}: {problem}; documents go to the frontier (and become "
+        "teacher data) until a model trained for this taxonomy is promoted"
+    )
 
 
 def spec_for(version: ModelVersion, taxonomy: Taxonomy) -> ModelSpec:

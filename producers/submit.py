@@ -16,13 +16,14 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from models.registry import ensure_task, resolve_model
+from models.registry import ensure_task, label_mismatch, resolve_model
 from producers.readers import Record, Rejected
 from shiftdown.db import insert_or_skip, session_scope
-from shiftdown.schema import Document, InputError, Run, utcnow
+from shiftdown.schema import DocState, Document, InputError, Run, utcnow
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
-from workers.app import TASK_SLM, app, dispatch, queue_depth
+from workers.app import TASK_FRONTIER, TASK_SLM, app, dispatch, queue_depth
+from workers.store import move_documents
 
 # Documents per transaction; tasks are cut from each chunk after it commits.
 CHUNK = 1000
@@ -49,11 +50,14 @@ def create_run(
     with session_scope() as session:
         task = ensure_task(session, task_name, taxonomy, s.threshold)
         version = resolve_model(session, task, model_ref, s.model_path)
+        policy = (version.manifest or {}).get("policy")
         run = Run(
             task_name=task.name,
             model_version_id=version.id,
-            threshold=task.threshold,
+            # The version's solved policy wins over the task's hand-set threshold.
+            threshold=float(policy["threshold"]) if policy else task.threshold,
             source=source,
+            slm_bypass=label_mismatch(version, task),
         )
         session.add(run)
         session.flush()
@@ -119,6 +123,17 @@ def _chunks(items: Iterable[Record | Rejected]) -> Iterator[list[Record | Reject
         yield chunk
 
 
+def _to_frontier(ids: list[int]) -> None:
+    # The SLM cannot answer for this taxonomy: straight to the frontier (or parked).
+    s = get_settings()
+    state = DocState.ESCALATED if s.frontier_configured else DocState.AWAITING_FRONTIER
+    with session_scope() as session:
+        move_documents(session, ids, [DocState.QUEUED], state=state)
+    if state == DocState.ESCALATED:
+        for doc_id in ids:
+            dispatch(TASK_FRONTIER, [doc_id], queue=s.frontier_queue)
+
+
 def submit_records(
     run_id: int,
     items: Iterable[Record | Rejected],
@@ -133,6 +148,8 @@ def submit_records(
     s = get_settings()
     queue = queue or s.slm_queue
     result = SubmitResult(run_id=run_id)
+    with session_scope() as session:
+        bypass = session.get_one(Run, run_id).slm_bypass
     with _producer() as producer:
         for chunk in _chunks(items):
             good = [r for r in chunk if isinstance(r, Record)]
@@ -147,6 +164,11 @@ def submit_records(
             result.submitted += len(ids)
             result.rejected += len(bad)
             result.duplicates += len(dups)
+            if bypass:
+                _to_frontier(ids)
+                if on_progress:
+                    on_progress(len(ids))
+                continue
             for i in range(0, len(ids), s.slm_batch_size):
                 batch = ids[i : i + s.slm_batch_size]
                 # Backpressure: one round trip per message, far below its own cost.

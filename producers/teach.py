@@ -6,21 +6,20 @@ Examples are stored per task, unique by text, so repeating a command adds nothin
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from models.registry import task_taxonomy
-from shiftdown.db import insert_or_skip, session_scope
+from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
 from shiftdown.schema import Task, TeacherExample
 from shiftdown.settings import get_settings
 from workers.frontier import get_client, record_call
 from workers.frontier_client import OK
+from workers.store import insert_teacher_examples, teacher_row, text_sha256
 
 
 @dataclass
@@ -33,33 +32,11 @@ class TeachResult:
     usd: float = 0.0
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _insert(session: Session, rows: list[dict[str, object]]) -> int:
-    if not rows:
-        return 0
-    stmt = insert_or_skip(session, TeacherExample, ["task_name", "text_sha256"])
-    result = session.execute(stmt.returning(TeacherExample.id), rows)
-    return len(result.all())
-
-
 def import_labels(task_name: str, examples: Sequence[tuple[str, str]]) -> TeachResult:
     """Store labels the user already has (checked against the taxonomy beforehand)."""
     with session_scope() as session:
-        added = _insert(
-            session,
-            [
-                {
-                    "task_name": task_name,
-                    "text": t,
-                    "text_sha256": _sha(t),
-                    "label": lbl,
-                    "source": "import",
-                }
-                for t, lbl in examples
-            ],
+        added = insert_teacher_examples(
+            session, [teacher_row(task_name, t, lbl, "import") for t, lbl in examples]
         )
     return TeachResult(added=added, skipped=len(examples) - added)
 
@@ -86,7 +63,7 @@ def frontier_label(
     result = TeachResult()
     client = get_client()
     for text in chosen:
-        if _sha(text) in known:
+        if text_sha256(text) in known:
             result.skipped += 1
         else:
             answer = client.classify(text, taxonomy)
@@ -95,18 +72,9 @@ def frontier_label(
                 session.flush()
                 result.usd += answer.cost_usd or 0.0
                 if answer.status == OK and answer.label is not None:
-                    result.added += _insert(
+                    result.added += insert_teacher_examples(
                         session,
-                        [
-                            {
-                                "task_name": task_name,
-                                "text": text,
-                                "text_sha256": _sha(text),
-                                "label": answer.label,
-                                "source": "frontier",
-                                "frontier_call_id": call.id,
-                            }
-                        ],
+                        [teacher_row(task_name, text, answer.label, "frontier", call.id)],
                     )
                 else:
                     result.failed += 1

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from shiftdown.costs import cost_usd
+from shiftdown.drift import MIN_DOCUMENTS, DriftCheck
 from shiftdown.errors import ConfigError
 from shiftdown.prompts import estimate_tokens
 from shiftdown.schema import (
@@ -26,6 +27,7 @@ from shiftdown.schema import (
     Run,
     Stage,
     Task,
+    TeacherExample,
 )
 from shiftdown.settings import Settings
 from shiftdown.taxonomy import Taxonomy
@@ -64,6 +66,27 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "n": len(values)}
 
 
+def frontier_usd_per_document(
+    session: Session, task_name: str, taxonomy: Taxonomy, mean_chars: float, settings: Settings
+) -> tuple[float, str]:
+    """What the frontier costs per escalated document of this task, and on what basis:
+    the recorded calls (every billed attempt, retries included) when there are any, else
+    the price table applied to an estimate from text length."""
+    spent, documents = session.execute(
+        select(func.sum(FrontierCall.cost_usd), func.count(func.distinct(FrontierCall.document_id)))
+        .join(Run, Run.id == FrontierCall.run_id)
+        .where(Run.task_name == task_name, FrontierCall.document_id.is_not(None))
+    ).one()
+    if documents and spent is not None:
+        return float(spent) / documents, f"recorded calls on {documents} documents"
+    price_model = settings.frontier_price_model or settings.frontier_model
+    prompt, completion = estimate_tokens(taxonomy, mean_chars)
+    usd = cost_usd(price_model, round(prompt), round(completion), settings.price_table())
+    if usd is None:
+        raise ConfigError(f"no price for {price_model!r}: add it to SHIFTDOWN_PRICES")
+    return usd, f"{price_model} list price, tokens estimated from text length"
+
+
 def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, Any]:
     """Every figure of the report for one run, as plain JSON-ready data."""
     run = session.get(Run, run_id)
@@ -85,15 +108,19 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
     n_final = sum(final_by_stage.values())
     latencies: dict[str, list[float]] = {Stage.SLM: [], Stage.FRONTIER: []}
     escalated = 0
-    for stage, latency, confidence in session.execute(
-        select(Prediction.stage, Prediction.latency_ms, Prediction.confidence).where(
-            Prediction.run_id == run_id
-        )
+    for stage, latency, confidence, decided in session.execute(
+        select(
+            Prediction.stage, Prediction.latency_ms, Prediction.confidence, Prediction.escalated
+        ).where(Prediction.run_id == run_id)
     ):
         latencies.setdefault(stage, []).append(latency)
-        if stage == Stage.SLM and (confidence or 0.0) < run.threshold:
+        if stage == Stage.SLM and (
+            decided if decided is not None else (confidence or 0.0) < run.threshold
+        ):
             escalated += 1
     n_slm = len(latencies[Stage.SLM])
+    escalation_rate = escalated / n_slm if n_slm else None
+    audit = agreement(session, run_id, Stage.AUDIT)
 
     first_doc, last_pred = session.execute(
         select(
@@ -152,7 +179,16 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
         "final": n_final,
         "final_by_stage": final_by_stage,
         "escalated": escalated,
-        "escalation_rate": round(escalated / n_slm, 4) if n_slm else None,
+        "escalation_rate": round(escalation_rate, 4) if escalation_rate is not None else None,
+        "slm_bypass": run.slm_bypass,
+        "agreement": {
+            "audited": audit,
+            "escalated": agreement(session, run_id, Stage.FRONTIER),
+        },
+        "drift": [
+            c.as_dict()
+            for c in drift_checks(session, run, version, escalation_rate, n_slm, audit, settings)
+        ],
         "elapsed_s": round(elapsed, 3) if elapsed is not None else None,
         "docs_per_s": round(n_final / elapsed, 2) if elapsed else None,
         "latency": {stage: _percentiles(values) for stage, values in latencies.items()},
@@ -173,6 +209,133 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
             "saving_pct": round(100 * (1 - spent / counterfactual), 2) if counterfactual else None,
             "basis": basis,
         },
+        "break_even": break_even(
+            session,
+            run.task_name,
+            version,
+            spent / n_docs if n_docs else None,
+            per_doc,
+            settings,
+        ),
+    }
+
+
+def agreement(session: Session, run_id: int, stage: str) -> dict[str, Any]:
+    """How often the SLM's label matches the frontier's at ``stage`` in this run:
+    ``frontier`` for escalated documents, ``audit`` for the sample of kept ones."""
+    slm, other = aliased(Prediction), aliased(Prediction)
+    seen, agreed = session.execute(
+        select(func.count(), func.sum(case((slm.label == other.label, 1), else_=0)))
+        .select_from(slm)
+        .join(other, (other.document_id == slm.document_id) & (other.stage == stage))
+        .where(slm.run_id == run_id, slm.stage == Stage.SLM)
+    ).one()
+    return {
+        "documents": int(seen or 0),
+        "agreement": round(int(agreed or 0) / seen, 4) if seen else None,
+    }
+
+
+def _earlier_runs(session: Session, run: Run) -> list[Run]:
+    return list(
+        session.scalars(
+            select(Run).where(
+                Run.task_name == run.task_name,
+                Run.model_version_id == run.model_version_id,
+                Run.id < run.id,
+            )
+        )
+    )
+
+
+def drift_checks(
+    session: Session,
+    run: Run,
+    version: ModelVersion | None,
+    escalation_rate: float | None,
+    n_slm: int,
+    audit: dict[str, Any],
+    settings: Settings,
+) -> list[DriftCheck]:
+    """The run's escalation rate and audited agreement against their references: the
+    version's held-out figures when a policy is stored, else its earlier runs."""
+    fitted = ((version.manifest or {}).get("policy") or {}).get("fitted", {}) if version else {}
+    if fitted:
+        basis = "held-out data of the policy"
+        expected_rate, expected_kept = fitted.get("escalation_rate"), fitted.get("kept_accuracy")
+    else:
+        earlier = [run_report_basics(session, r) for r in _earlier_runs(session, run)]
+        rates = [e for e, n, _ in earlier if e is not None and n >= MIN_DOCUMENTS]
+        kept = [a for _, _, a in earlier if a is not None]
+        basis = f"{len(rates)} earlier run(s) of this model"
+        expected_rate = float(np.mean(rates)) if rates else None
+        expected_kept = float(np.mean(kept)) if kept else None
+    return [
+        DriftCheck(
+            "escalation rate", escalation_rate, expected_rate, n_slm, settings.drift_band, basis
+        ),
+        DriftCheck(
+            "agreement on audited kept documents",
+            audit["agreement"],
+            expected_kept,
+            audit["documents"],
+            settings.drift_band,
+            basis,
+        ),
+    ]
+
+
+def run_report_basics(session: Session, run: Run) -> tuple[float | None, int, float | None]:
+    """(escalation rate, SLM predictions, audited agreement) of one run."""
+    n, escalated = session.execute(
+        select(
+            func.count(),
+            func.sum(
+                case(
+                    (Prediction.escalated.is_(True), 1),
+                    (Prediction.escalated.is_(None) & (Prediction.confidence < run.threshold), 1),
+                    else_=0,
+                )
+            ),
+        ).where(Prediction.run_id == run.id, Prediction.stage == Stage.SLM)
+    ).one()
+    audited = agreement(session, run.id, Stage.AUDIT)
+    audited_ok = audited["agreement"] if audited["documents"] >= MIN_DOCUMENTS else None
+    return (int(escalated or 0) / n if n else None), int(n or 0), audited_ok
+
+
+def break_even(
+    session: Session,
+    task_name: str,
+    version: ModelVersion | None,
+    usd_per_doc: float | None,
+    all_frontier_usd_per_doc: float | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The switch's one-off cost (teacher labels, fine-tuning compute) and how many
+    documents at this run's measured cost per document pay it back."""
+    teacher_usd = session.scalar(
+        select(func.coalesce(func.sum(FrontierCall.cost_usd), 0.0))
+        .join(TeacherExample, TeacherExample.frontier_call_id == FrontierCall.id)
+        .where(TeacherExample.task_name == task_name, TeacherExample.source == "frontier")
+    )
+    seconds = float((version.manifest or {}).get("train_seconds") or 0.0) if version else 0.0
+    finetune_usd = seconds / 3600.0 * settings.finetune_usd_per_hour
+    one_off = float(teacher_usd or 0.0) + finetune_usd
+    saving = (
+        all_frontier_usd_per_doc - usd_per_doc
+        if all_frontier_usd_per_doc is not None and usd_per_doc is not None
+        else None
+    )
+    return {
+        "teacher_usd": round(float(teacher_usd or 0.0), 6),
+        "finetune_seconds": seconds,
+        "finetune_usd": round(finetune_usd, 6),
+        "one_off_usd": round(one_off, 6),
+        "saving_per_1k_docs": round(1000 * saving, 6) if saving is not None else None,
+        "break_even_documents": (
+            round(one_off / saving) if saving and saving > 0 else (0 if one_off == 0 else None)
+        ),
     }
 
 

@@ -61,6 +61,7 @@ class Stage(enum.StrEnum):
 
     SLM = "slm"
     FRONTIER = "frontier"
+    AUDIT = "audit"  # the frontier's answer on a kept document, sampled to measure accuracy
 
 
 class Base(DeclarativeBase):
@@ -115,6 +116,9 @@ class Run(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     threshold: Mapped[float] = mapped_column(Float)
     source: Mapped[str] = mapped_column(Text)
+    # Why the SLM is skipped for this run (e.g. its model was trained for another label
+    # list): every document goes to the frontier and becomes teacher data.
+    slm_bypass: Mapped[str | None] = mapped_column(Text)
     n_submitted: Mapped[int] = mapped_column(Integer, default=0)
     n_rejected: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -159,6 +163,8 @@ class Prediction(Base):
     stage: Mapped[str] = mapped_column(String(16))
     label: Mapped[str] = mapped_column(String(255))
     confidence: Mapped[float | None] = mapped_column(Float)
+    # The SLM's decision under the policy in force (per-label thresholds included).
+    escalated: Mapped[bool | None] = mapped_column(Boolean)
     distribution: Mapped[dict[str, float] | None] = mapped_column(Json)
     model: Mapped[str] = mapped_column(String(255))
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
@@ -216,7 +222,8 @@ class TeacherExample(Base):
     text: Mapped[str] = mapped_column(Text)
     text_sha256: Mapped[str] = mapped_column(String(64))
     label: Mapped[str] = mapped_column(String(255))
-    source: Mapped[str] = mapped_column(String(16))  # "import" or "frontier"
+    # "import", "frontier" (teach), "escalation" or "audit" (the cascade's own calls)
+    source: Mapped[str] = mapped_column(String(16))
     frontier_call_id: Mapped[int | None] = mapped_column(ForeignKey("frontier_calls.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -62,6 +62,26 @@ class Settings(BaseSettings):
         le=1.0,
         description="Default confidence threshold of new tasks: below it a document escalates.",
     )
+    audit_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of kept documents also sent to the frontier, to measure the "
+        "SLM's accuracy in production (0: off).",
+    )
+    drift_band: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="The report flags drift when a run's escalation rate (or SLM-frontier "
+        "agreement on audited documents) moves further than this from the model's "
+        "held-out figure.",
+    )
+    finetune_usd_per_hour: float = Field(
+        default=2.5,
+        ge=0.0,
+        description="Compute price of fine-tuning per hour, for the report's break-even.",
+    )
     store_top_k: int = Field(
         default=5, ge=0, description="Labels kept in each stored distribution (0: all labels)."
     )

@@ -126,6 +126,59 @@ def write_jsonl(tmp_path: Path) -> Callable[[list[Any], str], Path]:
     return write
 
 
+LABELS = ["card_arrival", "exchange_rate", "pin_blocked", "age_limit"]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A 4-label slice of BANKING77 learned by `shiftdown finetune` (LoRA, CPU, ~1 min)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from models.finetune import stratified_split
+
+    with (DEMO / "test.csv").open(newline="", encoding="utf-8") as f:
+        rows = [(r["text"], r["category"]) for r in csv.DictReader(f) if r["category"] in LABELS]
+    train, held_out = stratified_split(rows, 0.4, seed=1)
+    folder = tmp_path_factory.mktemp("tiny")
+    (folder / "labels.json").write_text(json.dumps(LABELS))
+    with (folder / "train.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "category"])
+        writer.writerows(train)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "finetune",
+            "--data",
+            str(folder / "train.csv"),
+            "--taxonomy",
+            str(folder / "labels.json"),
+            "--label-column",
+            "category",
+            "--out",
+            str(folder / "model"),
+            "--valid-frac",
+            "0",
+            "--epochs",
+            "4",
+            "--lr",
+            "2e-3",
+            "--batch-size",
+            "8",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return {
+        "dir": folder / "model",
+        "held_out": held_out,
+        "taxonomy": folder / "labels.json",
+        "train": train,
+    }
+
+
 def python_bin() -> str:
     import sys
 

@@ -3,8 +3,6 @@ the real llama.cpp path on top of the quantized base."""
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,55 +15,10 @@ pytest.importorskip("peft")
 from cli.main import cli
 from models.base import default_gguf_path
 from models.classifier import Classifier, RuntimeOptions
-from models.finetune import stratified_split
 from models.registry import load_model_dir
 from shiftdown.taxonomy import Taxonomy
-from tests.conftest import DEMO
+from tests.conftest import LABELS
 from tests.helpers import final_labels
-
-LABELS = ["card_arrival", "exchange_rate", "pin_blocked", "age_limit"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    with (DEMO / "test.csv").open(newline="", encoding="utf-8") as f:
-        rows = [(r["text"], r["category"]) for r in csv.DictReader(f) if r["category"] in LABELS]
-    train, held_out = stratified_split(rows, 0.4, seed=1)
-    folder = tmp_path_factory.mktemp("tiny")
-    (folder / "labels.json").write_text(json.dumps(LABELS))
-    with (folder / "train.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "category"])
-        writer.writerows(train)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "finetune",
-            "--data",
-            str(folder / "train.csv"),
-            "--taxonomy",
-            str(folder / "labels.json"),
-            "--label-column",
-            "category",
-            "--out",
-            str(folder / "model"),
-            "--valid-frac",
-            "0",
-            "--epochs",
-            "4",
-            "--lr",
-            "2e-3",
-            "--batch-size",
-            "8",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return {
-        "dir": folder / "model",
-        "held_out": held_out,
-        "taxonomy": folder / "labels.json",
-        "train": train,
-    }
 
 
 @pytest.mark.slow

@@ -21,7 +21,12 @@ from shiftdown.schema import DocState, Document, FrontierCall, Prediction, Run, 
 from shiftdown.settings import get_settings
 from workers.app import TASK_FRONTIER, app
 from workers.frontier_client import OK, RETRYABLE, FrontierClient, FrontierResult
-from workers.store import insert_predictions, move_documents
+from workers.store import (
+    insert_predictions,
+    insert_teacher_examples,
+    move_documents,
+    teacher_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +80,21 @@ def record_call(
     return call
 
 
-def _record(document_id: int, run_id: int, result: FrontierResult, final: bool) -> int:
+def _record(document_id: int, run_id: int, result: FrontierResult, final: bool, audit: bool) -> int:
+    stage = Stage.AUDIT if audit else Stage.FRONTIER
     with session_scope() as session:
         attempt = 1 + (
             session.scalar(select(func.count()).where(FrontierCall.document_id == document_id)) or 0
         )
-        record_call(session, result, attempt, document_id, run_id)
-        if result.status == OK:
+        call = record_call(session, result, attempt, document_id, run_id)
+        if result.status == OK and result.label is not None:
             insert_predictions(
                 session,
                 [
                     {
                         "document_id": document_id,
                         "run_id": run_id,
-                        "stage": Stage.FRONTIER,
+                        "stage": stage,
                         "label": result.label,
                         "confidence": result.confidence,
                         "distribution": None,
@@ -101,15 +107,24 @@ def _record(document_id: int, run_id: int, result: FrontierResult, final: bool) 
                     }
                 ],
             )
-            move_documents(
+            # The learning loop: every frontier answer the cascade paid for is teacher data.
+            session.flush()
+            doc = session.get_one(Document, document_id)
+            run = session.get_one(Run, run_id)
+            insert_teacher_examples(
                 session,
-                [document_id],
-                WAITING,
-                state=DocState.CLASSIFIED,
-                final_stage=Stage.FRONTIER,
-                error=None,
+                [teacher_row(run.task_name, doc.text, result.label, stage_source(stage), call.id)],
             )
-        elif final:
+            if not audit:
+                move_documents(
+                    session,
+                    [document_id],
+                    WAITING,
+                    state=DocState.CLASSIFIED,
+                    final_stage=Stage.FRONTIER,
+                    error=None,
+                )
+        elif final and not audit:
             move_documents(
                 session,
                 [document_id],
@@ -120,29 +135,50 @@ def _record(document_id: int, run_id: int, result: FrontierResult, final: bool) 
         return attempt
 
 
-def process_document(document_id: int, retries_left: bool) -> FrontierResult | None:
-    """Label one escalated document; None when there was nothing to do."""
+def stage_source(stage: str) -> str:
+    """The teacher-example source of a frontier answer given at ``stage``."""
+    return "audit" if stage == Stage.AUDIT else "escalation"
+
+
+def _pending(session: Session, document_id: int, audit: bool) -> Document | None:
+    # What is still to do, re-read from the store: a redelivered task finds it done.
+    doc = session.get(Document, document_id)
+    if doc is None:
+        return None
+    if audit:
+        if doc.state != DocState.CLASSIFIED or doc.final_stage != Stage.SLM:
+            return None
+    elif doc.state not in WAITING:
+        return None
+    done = session.scalar(
+        select(Prediction.id).where(
+            Prediction.document_id == document_id,
+            Prediction.stage == (Stage.AUDIT if audit else Stage.FRONTIER),
+        )
+    )
+    return doc if done is None else None
+
+
+def process_document(
+    document_id: int, retries_left: bool, audit: bool = False
+) -> FrontierResult | None:
+    """Label one escalated (or, with ``audit``, one kept) document; None when there was
+    nothing to do."""
     s = get_settings()
     with session_scope() as session:
-        doc = session.get(Document, document_id)
-        if doc is None or doc.state not in WAITING:
-            return None
-        done = session.scalar(
-            select(Prediction.id).where(
-                Prediction.document_id == document_id, Prediction.stage == Stage.FRONTIER
-            )
-        )
-        if done is not None:
+        doc = _pending(session, document_id, audit)
+        if doc is None:
             return None
         if not s.frontier_configured:
-            move_documents(session, [document_id], WAITING, state=DocState.AWAITING_FRONTIER)
+            if not audit:
+                move_documents(session, [document_id], WAITING, state=DocState.AWAITING_FRONTIER)
             return None
         run = session.get_one(Run, doc.run_id)
         taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
         text, run_id = doc.text, doc.run_id
     result = get_client().classify(text, taxonomy)
     final = result.status != RETRYABLE or not retries_left
-    attempt = _record(document_id, run_id, result, final)
+    attempt = _record(document_id, run_id, result, final, audit)
     if result.status != OK:
         log.warning("frontier attempt %d for document %d: %s", attempt, document_id, result.error)
     return result
@@ -157,20 +193,21 @@ def process_document(document_id: int, retries_left: bool) -> FrontierResult | N
     retry_backoff=True,
     max_retries=20,
 )
-def classify_with_frontier(self: Any, document_id: int) -> str:
-    """Celery entry point of the frontier stage; takes a document id only."""
+def classify_with_frontier(self: Any, document_id: int, audit: bool = False) -> str:
+    """Celery entry point of the frontier stage; takes a document id only (``audit``:
+    a kept document sampled to measure the SLM's accuracy, its label stays the SLM's)."""
     s = get_settings()
     if self.request.is_eager:
         # In-process there is no broker to hold a countdown: wait here, same bounds.
         for retry in range(s.frontier_task_retries + 1):
-            result = process_document(document_id, retry < s.frontier_task_retries)
+            result = process_document(document_id, retry < s.frontier_task_retries, audit)
             if result is None or result.status != RETRYABLE:
                 break
             if retry < s.frontier_task_retries:
                 time.sleep(result.retry_after_s or backoff_s(retry + 1))
         return result.status if result else "noop"
     retries_left = self.request.retries < s.frontier_task_retries
-    result = process_document(document_id, retries_left)
+    result = process_document(document_id, retries_left, audit)
     if result is None:
         return "noop"
     if result.status == RETRYABLE and retries_left:

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from models.classifier import Classifier, RuntimeOptions
+from models.policy import Policy
 from models.registry import model_name, spec_for, task_taxonomy
 from shiftdown.db import dispose_engines, session_scope
 from shiftdown.errors import FatalError, RetryableError
@@ -104,6 +105,18 @@ def _load(ids: list[int]) -> list[_Work]:
         return work
 
 
+def per_label_thresholds(version: ModelVersion) -> dict[str, float]:
+    """The per-label thresholds of the version's stored policy (empty when global)."""
+    stored = (version.manifest or {}).get("policy")
+    return Policy.from_dict(stored).per_label if stored else {}
+
+
+def audited(doc_id: int, rate: float) -> bool:
+    """Whether a kept document is in the audit sample: a fixed function of its id, so
+    a redelivered batch samples the same documents."""
+    return rate > 0 and (doc_id * 2654435761 % 2**32) / 2**32 < rate
+
+
 def process_batch(ids: list[int]) -> int:
     """Classify the still-queued documents among ``ids``; returns how many were handled."""
     s = get_settings()
@@ -115,8 +128,11 @@ def process_batch(ids: list[int]) -> int:
     escalate: list[int] = []
     truncated: list[int] = []
     failed: dict[int, str] = {}
+    thresholds: dict[int, dict[str, float]] = {}
     for item in work:
         taxonomy = task_taxonomy(item.task)
+        if item.version.id not in thresholds:
+            thresholds[item.version.id] = per_label_thresholds(item.version)
         try:
             clf = get_classifier(item.version, taxonomy)
             result = clf.classify(item.text)
@@ -127,6 +143,8 @@ def process_batch(ids: list[int]) -> int:
             log.exception("document %d could not be classified", item.doc_id)
             failed[item.doc_id] = f"{type(exc).__name__}: {exc}"[:500]
             continue
+        limit = thresholds[item.version.id].get(result.label, item.run.threshold)
+        escalated = result.confidence < limit
         rows.append(
             {
                 "document_id": item.doc_id,
@@ -134,6 +152,7 @@ def process_batch(ids: list[int]) -> int:
                 "stage": Stage.SLM,
                 "label": result.label,
                 "confidence": result.confidence,
+                "escalated": escalated,
                 "distribution": result.top_k(taxonomy.names, s.store_top_k),
                 "model": model_name(item.version),
                 "model_version_id": item.version.id,
@@ -145,7 +164,7 @@ def process_batch(ids: list[int]) -> int:
         )
         if result.truncated:
             truncated.append(item.doc_id)
-        (keep if result.confidence >= item.run.threshold else escalate).append(item.doc_id)
+        (escalate if escalated else keep).append(item.doc_id)
     parked = DocState.ESCALATED if s.frontier_configured else DocState.AWAITING_FRONTIER
     with session_scope() as session:
         insert_predictions(session, rows)
@@ -159,6 +178,9 @@ def process_batch(ids: list[int]) -> int:
     if parked == DocState.ESCALATED:
         for doc_id in escalate:
             dispatch(TASK_FRONTIER, [doc_id], queue=s.frontier_queue)
+        for doc_id in keep:
+            if audited(doc_id, s.audit_rate):
+                dispatch(TASK_FRONTIER, [doc_id, True], queue=s.frontier_queue)
     return len(work)
 
 

@@ -7,6 +7,7 @@ state they move from.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from shiftdown.db import insert_or_skip
-from shiftdown.schema import Document, Prediction
+from shiftdown.schema import Document, Prediction, TeacherExample
 
 
 def insert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -41,3 +42,30 @@ def move_documents(
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def text_sha256(text: str) -> str:
+    """The hash teacher examples are unique by (lone surrogates from bad input included)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def teacher_row(
+    task_name: str, text: str, label: str, source: str, frontier_call_id: int | None = None
+) -> dict[str, Any]:
+    """A ``teacher_examples`` row; examples are unique per task by their text's hash."""
+    return {
+        "task_name": task_name,
+        "text": text,
+        "text_sha256": text_sha256(text),
+        "label": label,
+        "source": source,
+        "frontier_call_id": frontier_call_id,
+    }
+
+
+def insert_teacher_examples(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """Add examples whose text the task does not have yet; returns how many were added."""
+    if not rows:
+        return 0
+    stmt = insert_or_skip(session, TeacherExample, ["task_name", "text_sha256"])
+    return len(session.execute(stmt.returning(TeacherExample.id), list(rows)).all())

@@ -1,0 +1,247 @@
+"""``shiftdown policy``: solve the escalation thresholds for a target, show the trade-off."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cli.common import ensure_schema, handle_errors
+from cli.scoring import Scored, heldout_options, score_version
+from models.policy import (
+    KEPT_ACCURACY,
+    MAX_ESCALATION,
+    MAX_USD_PER_1K,
+    Economics,
+    Outcome,
+    Policy,
+    Target,
+    cross_checked,
+    curve,
+    fit_policy,
+    outcome,
+)
+from models.registry import find_version, task_taxonomy, update_manifest, version_number
+from shiftdown.db import session_scope
+from shiftdown.errors import ConfigError
+from shiftdown.reporting import frontier_usd_per_document
+from shiftdown.schema import ModelVersion, Task
+from shiftdown.settings import get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def economics_option(func: F) -> F:
+    """How good the frontier is taken to be."""
+    return click.option(
+        "--frontier-accuracy",
+        type=click.FloatRange(0, 1),
+        default=1.0,
+        show_default=True,
+        help="Share of escalated documents the frontier labels right (its measured "
+        "agreement with your reference labels).",
+    )(func)
+
+
+def economics(scored: Scored, frontier_accuracy: float) -> tuple[Economics, str]:
+    """Dollars per escalation (recorded, else estimated) for this task."""
+    with session_scope() as session:
+        task = session.get_one(Task, scored.task_name)
+        usd, basis = frontier_usd_per_document(
+            session, task.name, task_taxonomy(task), scored.mean_chars, get_settings()
+        )
+    return Economics(usd_per_escalation=usd, frontier_accuracy=frontier_accuracy), basis
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f} %"
+
+
+def _outcome_row(table: Table, name: str, o: Outcome, threshold: str) -> None:
+    table.add_row(
+        name,
+        threshold,
+        _pct(o.escalation_rate),
+        _pct(o.kept_accuracy),
+        _pct(o.overall_accuracy),
+        f"${o.usd_per_1k:.4f}",
+    )
+
+
+def _outcome_table(title: str) -> Table:
+    table = Table(title=title)
+    for column in ("policy", "threshold", "escalated", "kept accuracy", "overall", "$ / 1k docs"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    return table
+
+
+@click.group()
+def policy() -> None:
+    """Escalation policy: thresholds solved for a target on held-out data."""
+
+
+@policy.command("set")
+@heldout_options
+@click.option("--kept-accuracy", type=click.FloatRange(0, 1), help="Minimum accuracy on kept.")
+@click.option("--max-escalation", type=click.FloatRange(0, 1), help="Maximum escalation rate.")
+@click.option("--max-usd-per-1k", type=click.FloatRange(0), help="Maximum $ per 1,000 docs.")
+@click.option(
+    "--per-label", is_flag=True, help="A threshold per predicted label instead of one global."
+)
+@economics_option
+@handle_errors
+def set_policy(
+    model_ref: str | None,
+    task_name: str | None,
+    taxonomy: str | None,
+    data_path: Path | None,
+    text_column: str,
+    label_column: str,
+    limit: int | None,
+    kept_accuracy: float | None,
+    max_escalation: float | None,
+    max_usd_per_1k: float | None,
+    per_label: bool,
+    frontier_accuracy: float,
+) -> None:
+    """Solve the threshold(s) that meet one target and store them with the model version.
+
+    Runs created from then on with this version use them. Global and per-label
+    thresholds are both checked on held-out folds they were not fitted on.
+    """
+    given = {
+        KEPT_ACCURACY: kept_accuracy,
+        MAX_ESCALATION: max_escalation,
+        MAX_USD_PER_1K: max_usd_per_1k,
+    }
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if len(chosen) != 1:
+        raise click.UsageError(
+            "give exactly one target: --kept-accuracy, --max-escalation or --max-usd-per-1k"
+        )
+    ((kind, value),) = chosen.items()
+    target = Target(kind, value)
+    scored = score_version(
+        model_ref, task_name, taxonomy, data_path, text_column, label_column, limit
+    )
+    econ, basis = economics(scored, frontier_accuracy)
+    sc = scored.scores
+    conf, predicted, correct = sc.confidence(scored.temperature), sc.predicted, sc.correct
+    fitted = {
+        per: fit_policy(conf, predicted, correct, target, econ, per, scored.temperature)
+        for per in (False, True)
+    }
+    checked = {per: cross_checked(conf, predicted, correct, target, econ, per) for per in fitted}
+    chosen_policy = fitted[per_label]
+    chosen_policy.fitted |= {
+        "data": str(scored.data),
+        "usd_per_escalation": round(econ.usd_per_escalation, 8),
+        "usd_basis": basis,
+        "frontier_accuracy": frontier_accuracy,
+        "cross_checked": {
+            ("per_label" if per else "global"): o.as_dict() for per, o in checked.items()
+        },
+    }
+    with session_scope() as session:
+        update_manifest(
+            session,
+            session.get_one(ModelVersion, scored.version_id),
+            policy=chosen_policy.to_dict(),
+        )
+    table = _outcome_table(
+        f"{scored.name}: {target.describe()} on {len(correct)} held-out "
+        f"(${econ.usd_per_escalation:.6f} per escalation, {basis})"
+    )
+    for per in (False, True):
+        name = "per-label" if per else "global"
+        p = fitted[per]
+        shown = f"{p.threshold:.4f}" + (f" ({len(p.per_label)} own)" if per else "")
+        on_fit = outcome(p.escalate(predicted, conf), correct, econ)
+        _outcome_row(table, f"{name} (fit)", on_fit, shown)
+        _outcome_row(table, f"{name} (2-fold)", checked[per], "")
+    Console().print(table)
+    click.echo(
+        f"stored the {'per-label' if per_label else 'global'} policy with {scored.name}; "
+        "new runs with this version use it"
+    )
+
+
+@policy.command("curve")
+@heldout_options
+@economics_option
+@click.option(
+    "--chart", type=click.Path(dir_okay=False, path_type=Path), default=None, help="PNG file."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@handle_errors
+def curve_command(
+    model_ref: str | None,
+    task_name: str | None,
+    taxonomy: str | None,
+    data_path: Path | None,
+    text_column: str,
+    label_column: str,
+    limit: int | None,
+    frontier_accuracy: float,
+    chart: Path | None,
+    as_json: bool,
+) -> None:
+    """The trade-off on held-out data: escalation rate against kept and overall accuracy
+    and frontier dollars per 1,000 documents."""
+    scored = score_version(
+        model_ref, task_name, taxonomy, data_path, text_column, label_column, limit
+    )
+    econ, basis = economics(scored, frontier_accuracy)
+    sc = scored.scores
+    points = curve(sc.confidence(scored.temperature), sc.correct, econ)
+    if as_json:
+        click.echo(
+            json.dumps([{"threshold": round(t, 6), **o.as_dict()} for t, o in points], indent=2)
+        )
+    else:
+        table = _outcome_table(
+            f"{scored.name} on {len(sc.correct)} held-out (frontier accuracy "
+            f"{100 * frontier_accuracy:.0f} %, ${econ.usd_per_escalation:.6f} per escalation, "
+            f"{basis})"
+        )
+        for threshold, o in points:
+            _outcome_row(table, "", o, f"{threshold:.4f}")
+        Console().print(table)
+    if chart:
+        from models.policy_chart import write_curve_chart
+
+        write_curve_chart(chart, points, f"{scored.name}: escalation trade-off")
+        click.echo(f"chart: {chart}", err=True)
+
+
+@policy.command("show")
+@click.option("--task", "task_name", default=None, help="Task (default: SHIFTDOWN_TASK).")
+@click.option("--model", "model_ref", default=None, help="Version (default: the promoted one).")
+@handle_errors
+def show(task_name: str | None, model_ref: str | None) -> None:
+    """The stored policy of a model version, as JSON."""
+    ensure_schema()
+    with session_scope() as session:
+        task = session.get(Task, task_name or get_settings().task)
+        if task is None:
+            raise ConfigError("no such task")
+        number = version_number(model_ref) if model_ref else None
+        if number is not None:
+            version = find_version(session, task, number)
+        elif task.model_version_id is not None:
+            version = session.get_one(ModelVersion, task.model_version_id)
+        else:
+            raise ConfigError(f"task {task.name!r} has no promoted model")
+        stored = (version.manifest or {}).get("policy")
+        if stored is None:
+            raise ConfigError(
+                f"v{version.version} has no policy: runs use the task threshold "
+                f"{task.threshold}; set one with `shiftdown policy set`"
+            )
+        data = {"version": version.version, **Policy.from_dict(stored).to_dict()}
+        click.echo(json.dumps(data, indent=2))

@@ -1,0 +1,278 @@
+"""The escalation policy: which documents the SLM keeps and which go to the frontier.
+
+A document is kept when its (calibrated) confidence reaches the threshold of the label
+the SLM chose (per-label thresholds) or the global threshold. Thresholds are solved on
+held-out data for a target the user states in their own terms: accuracy on what the SLM
+keeps, the share escalated, or dollars per 1,000 documents.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shiftdown.errors import ConfigError
+
+KEPT_ACCURACY = "kept_accuracy"
+MAX_ESCALATION = "max_escalation"
+MAX_USD_PER_1K = "max_usd_per_1k"
+KINDS = (KEPT_ACCURACY, MAX_ESCALATION, MAX_USD_PER_1K)
+
+# Above any confidence: every document is escalated.
+ESCALATE_ALL = 1.000001
+
+Floats = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the policy must achieve on held-out data."""
+
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown target {self.kind!r}: one of {', '.join(KINDS)}")
+        if self.value < 0 or (self.kind != MAX_USD_PER_1K and self.value > 1):
+            raise ConfigError(f"target {self.kind}={self.value} is out of range")
+
+    def describe(self) -> str:
+        """The target in words, for tables and notes."""
+        if self.kind == KEPT_ACCURACY:
+            return f"accuracy on kept documents >= {100 * self.value:.1f} %"
+        if self.kind == MAX_ESCALATION:
+            return f"escalation rate <= {100 * self.value:.1f} %"
+        return f"frontier spend <= ${self.value:.4f} per 1,000 documents"
+
+
+@dataclass(frozen=True)
+class Economics:
+    """What an escalation costs and how often the frontier model gets it right."""
+
+    usd_per_escalation: float
+    frontier_accuracy: float = 1.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A policy's figures on a labelled set."""
+
+    documents: int
+    escalation_rate: float
+    kept_accuracy: float | None
+    overall_accuracy: float
+    usd_per_1k: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """Rounded figures for JSON and manifests."""
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Policy:
+    """Thresholds and how they were chosen; stored in a model version's manifest."""
+
+    threshold: float
+    target: Target
+    per_label: dict[str, float] = field(default_factory=dict)
+    temperature: float = 1.0
+    fitted: dict[str, Any] = field(default_factory=dict)
+
+    def threshold_for(self, label: str) -> float:
+        """The threshold a document predicted as ``label`` must reach to be kept."""
+        return self.per_label.get(label, self.threshold)
+
+    def escalate(self, predicted: Sequence[str], confidence: Floats) -> Bools:
+        """Which documents this policy sends to the frontier."""
+        limits = np.asarray([self.threshold_for(p) for p in predicted], dtype=np.float64)
+        return np.asarray(confidence < limits)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form for the manifest."""
+        return {
+            "threshold": round(self.threshold, 6),
+            "per_label": {k: round(v, 6) for k, v in self.per_label.items()},
+            "target": {"kind": self.target.kind, "value": self.target.value},
+            "temperature": self.temperature,
+            "fitted": self.fitted,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Policy:
+        """The policy stored by ``to_dict``."""
+        return cls(
+            threshold=float(data["threshold"]),
+            target=Target(data["target"]["kind"], float(data["target"]["value"])),
+            per_label={k: float(v) for k, v in (data.get("per_label") or {}).items()},
+            temperature=float(data.get("temperature", 1.0)),
+            fitted=dict(data.get("fitted") or {}),
+        )
+
+
+def outcome(escalate: Bools, correct: Bools, econ: Economics) -> Outcome:
+    """Escalation rate, kept and overall accuracy and spend of one escalation decision."""
+    n = len(correct)
+    kept = ~escalate
+    n_esc = int(escalate.sum())
+    kept_correct = int(correct[kept].sum())
+    return Outcome(
+        documents=n,
+        escalation_rate=n_esc / n if n else 0.0,
+        kept_accuracy=kept_correct / int(kept.sum()) if kept.any() else None,
+        overall_accuracy=(kept_correct + econ.frontier_accuracy * n_esc) / n if n else 0.0,
+        usd_per_1k=1000.0 * econ.usd_per_escalation * n_esc / n if n else 0.0,
+    )
+
+
+def _threshold_for_accuracy(confidence: Floats, correct: Bools, accuracy: float) -> float:
+    """The lowest threshold whose kept documents reach ``accuracy`` (least escalation)."""
+    if len(confidence) == 0:
+        return ESCALATE_ALL
+    order = np.argsort(confidence, kind="stable")
+    conf, ok = confidence[order], correct[order].astype(np.float64)
+    # Kept set for threshold conf[i] is the suffix from the first index of that value.
+    suffix_correct = np.cumsum(ok[::-1])[::-1]
+    kept = np.arange(len(conf), 0, -1, dtype=np.float64)
+    first = np.r_[True, conf[1:] != conf[:-1]]
+    meets = first & (suffix_correct / kept >= accuracy - 1e-12)
+    hits = np.flatnonzero(meets)
+    return float(conf[hits[0]]) if len(hits) else ESCALATE_ALL
+
+
+def _threshold_for_rate(confidence: Floats, rate: float) -> float:
+    """The highest threshold that escalates at most ``rate`` of the documents."""
+    n = len(confidence)
+    k = math.floor(rate * n + 1e-9)
+    if n == 0 or k >= n:
+        return ESCALATE_ALL
+    return float(np.sort(confidence)[k])
+
+
+def _max_rate(target: Target, econ: Economics) -> float:
+    if target.kind == MAX_ESCALATION:
+        return target.value
+    if econ.usd_per_escalation <= 0:
+        return 1.0
+    return min(1.0, target.value / (1000.0 * econ.usd_per_escalation))
+
+
+def solve_global(confidence: Floats, correct: Bools, target: Target, econ: Economics) -> float:
+    """One threshold for every label that meets ``target`` on this held-out data."""
+    if target.kind == KEPT_ACCURACY:
+        return _threshold_for_accuracy(confidence, correct, target.value)
+    return _threshold_for_rate(confidence, _max_rate(target, econ))
+
+
+def _per_label_at(
+    confidence: Floats,
+    predicted: npt.NDArray[np.str_],
+    correct: Bools,
+    accuracy: float,
+    min_support: int,
+) -> tuple[float, dict[str, float]]:
+    fallback = _threshold_for_accuracy(confidence, correct, accuracy)
+    per_label: dict[str, float] = {}
+    for label in np.unique(predicted):
+        mine = predicted == label
+        if mine.sum() >= min_support:
+            per_label[str(label)] = _threshold_for_accuracy(
+                confidence[mine], correct[mine], accuracy
+            )
+    return fallback, per_label
+
+
+def solve_per_label(
+    confidence: Floats,
+    predicted: Sequence[str],
+    correct: Bools,
+    target: Target,
+    econ: Economics,
+    min_support: int = 10,
+) -> tuple[float, dict[str, float]]:
+    """A threshold per predicted label (labels with fewer than ``min_support`` held-out
+    predictions use a global one).
+
+    Every label is held to the same accuracy on what it keeps; for a spend or
+    escalation target, that common accuracy is the highest the budget allows.
+    """
+    pred = np.asarray(predicted)
+    if target.kind == KEPT_ACCURACY:
+        return _per_label_at(confidence, pred, correct, target.value, min_support)
+    rate = _max_rate(target, econ)
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        fallback, per_label = _per_label_at(confidence, pred, correct, mid, min_support)
+        policy = Policy(fallback, target, per_label)
+        if policy.escalate(list(pred), confidence).mean() <= rate + 1e-12:
+            lo = mid
+        else:
+            hi = mid
+    return _per_label_at(confidence, pred, correct, lo, min_support)
+
+
+def fit_policy(
+    confidence: Floats,
+    predicted: Sequence[str],
+    correct: Bools,
+    target: Target,
+    econ: Economics,
+    per_label: bool = False,
+    temperature: float = 1.0,
+) -> Policy:
+    """Solve the thresholds for ``target`` and record what they gave on this data."""
+    if per_label:
+        threshold, labels = solve_per_label(confidence, predicted, correct, target, econ)
+    else:
+        threshold, labels = solve_global(confidence, correct, target, econ), {}
+    policy = Policy(threshold, target, labels, temperature)
+    policy.fitted = outcome(policy.escalate(predicted, confidence), correct, econ).as_dict()
+    return policy
+
+
+CURVE_RATES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+
+def curve(
+    confidence: Floats, correct: Bools, econ: Economics, rates: Sequence[float] = CURVE_RATES
+) -> list[tuple[float, Outcome]]:
+    """(threshold, outcome) at each escalation rate: the whole cost/accuracy trade-off."""
+    points = []
+    for rate in rates:
+        threshold = _threshold_for_rate(confidence, rate)
+        points.append((threshold, outcome(confidence < threshold, correct, econ)))
+    return points
+
+
+def cross_checked(
+    confidence: Floats,
+    predicted: Sequence[str],
+    correct: Bools,
+    target: Target,
+    econ: Economics,
+    per_label: bool,
+    folds: int = 2,
+    seed: int = 0,
+) -> Outcome:
+    """The policy's figures on data it was not fitted on: fit on all folds but one,
+    decide the held-back fold, and score every document's out-of-fold decision.
+
+    Fitting and scoring on the same examples flatters per-label thresholds, which have
+    far more freedom to fit noise than one global threshold.
+    """
+    n = len(correct)
+    fold = np.random.default_rng(seed).permutation(n) % folds
+    pred = np.asarray(predicted)
+    escalate = np.zeros(n, dtype=bool)
+    for k in range(folds):
+        fit, test = fold != k, fold == k
+        policy = fit_policy(confidence[fit], list(pred[fit]), correct[fit], target, econ, per_label)
+        escalate[test] = policy.escalate(list(pred[test]), confidence[test])
+    return outcome(escalate, correct, econ)

@@ -1,0 +1,81 @@
+"""A model's raw label logits on labelled examples, computed once through the serving
+path; evaluation, calibration and the escalation policy are all derived from them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from models.calibration import softmax_rows
+from models.classifier import Classifier
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Logits (documents by labels), gold label indices and per-document latency."""
+
+    labels: tuple[str, ...]
+    logits: npt.NDArray[np.float64]
+    gold: npt.NDArray[np.intp]
+    latency_ms: npt.NDArray[np.float64]
+    elapsed_s: float
+
+    def probs(self, temperature: float) -> npt.NDArray[np.float64]:
+        """Label distributions at this temperature."""
+        return softmax_rows(self.logits, temperature)
+
+    def confidence(self, temperature: float) -> npt.NDArray[np.float64]:
+        """Probability of the predicted label at this temperature."""
+        result: npt.NDArray[np.float64] = self.probs(temperature).max(axis=1)
+        return result
+
+    @property
+    def predicted_index(self) -> npt.NDArray[np.intp]:
+        """Index of the predicted label (the temperature never changes it)."""
+        return np.asarray(self.logits.argmax(axis=1), dtype=np.intp)
+
+    @property
+    def predicted(self) -> list[str]:
+        """Predicted label names."""
+        return [self.labels[i] for i in self.predicted_index]
+
+    @property
+    def gold_labels(self) -> list[str]:
+        """Gold label names."""
+        return [self.labels[i] for i in self.gold]
+
+    @property
+    def correct(self) -> npt.NDArray[np.bool_]:
+        """Whether each prediction matches its gold label."""
+        return np.asarray(self.predicted_index == self.gold)
+
+
+def score(
+    clf: Classifier,
+    examples: Sequence[tuple[str, str]],
+    on_progress: Callable[[int], None] | None = None,
+) -> Scores:
+    """Run ``clf`` over labelled examples and keep the raw logits."""
+    index = {label: i for i, label in enumerate(clf.labels)}
+    rows: list[npt.NDArray[np.float64]] = []
+    latency: list[float] = []
+    started = time.perf_counter()
+    for text, _ in examples:
+        result = clf.classify(text)
+        rows.append(result.logits)
+        latency.append(result.latency_ms)
+        if on_progress:
+            on_progress(1)
+    elapsed = time.perf_counter() - started
+    width = len(clf.labels)
+    return Scores(
+        labels=tuple(clf.labels),
+        logits=np.vstack(rows) if rows else np.zeros((0, width)),
+        gold=np.asarray([index[label] for _, label in examples], dtype=np.intp),
+        latency_ms=np.asarray(latency, dtype=np.float64),
+        elapsed_s=elapsed,
+    )

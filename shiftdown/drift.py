@@ -1,0 +1,55 @@
+"""Drift: a run whose escalation rate, or whose SLM-frontier agreement on audited
+documents, moves away from what the model showed on held-out data (or, without a
+stored policy, from the same model's earlier runs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Below this many documents a rate is too noisy to flag (its standard error at p = 0.1
+# is already 0.04).
+MIN_DOCUMENTS = 50
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """One measure against its reference."""
+
+    measure: str
+    observed: float | None
+    expected: float | None
+    documents: int
+    band: float
+    basis: str
+
+    @property
+    def flagged(self) -> bool:
+        """True when the measure is outside the band around its reference."""
+        if self.observed is None or self.expected is None or self.documents < MIN_DOCUMENTS:
+            return False
+        return abs(self.observed - self.expected) > self.band
+
+    def message(self) -> str:
+        """One line for the report."""
+        if self.observed is None or self.expected is None:
+            return f"{self.measure}: no reference ({self.basis})"
+        if self.documents < MIN_DOCUMENTS:
+            return f"{self.measure}: {self.documents} documents, too few to judge"
+        verdict = "DRIFT" if self.flagged else "steady"
+        return (
+            f"{self.measure} {100 * self.observed:.1f} % vs {100 * self.expected:.1f} % "
+            f"expected ({self.basis}, band ±{100 * self.band:.1f} pts): {verdict}"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready figures."""
+        return {
+            "measure": self.measure,
+            "observed": None if self.observed is None else round(self.observed, 4),
+            "expected": None if self.expected is None else round(self.expected, 4),
+            "documents": self.documents,
+            "band": self.band,
+            "basis": self.basis,
+            "flagged": self.flagged,
+            "message": self.message(),
+        }
