@@ -16,6 +16,7 @@ from cli.flower import flower
 from cli.metrics import metrics
 from cli.models import models_group
 from cli.policy import policy
+from cli.reconcile import reconcile
 from cli.report import report
 from cli.retrain import retrain
 from cli.run import run
@@ -42,6 +43,7 @@ for command in (
     metrics,
     flower,
     escalate,
+    reconcile,
     eval_command,
     calibrate,
     policy,

@@ -77,6 +77,7 @@ def render_table(data: dict[str, Any]) -> Table:
         ("pays for itself after", _fmt(be["break_even_documents"], " documents")),
     ]
     rows += [("drift", check["message"]) for check in data["drift"]]
+    rows += [(f"parked ({n})", reason) for reason, n in data["parked"].items()]
     if data["slm_bypass"]:
         rows.append(("SLM bypassed", data["slm_bypass"]))
     for name, value in rows:

@@ -92,7 +92,7 @@ def _train_candidate(task_name: str, out_dir: Path, epochs: float, valid_frac: f
             train_set,
             tax.names,
             out_dir,
-            FinetuneConfig(epochs=epochs),
+            FinetuneConfig(epochs=epochs, merged=False),
             lambda step, total, loss: advance(1),
             heldout=valid_set,
         )

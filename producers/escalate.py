@@ -22,7 +22,9 @@ def escalate_pending(run_id: int | None = None) -> int:
         if run_id is not None:
             query = query.where(Document.run_id == run_id)
         ids = list(session.scalars(query.order_by(Document.id)))
-        move_documents(session, ids, [DocState.AWAITING_FRONTIER], state=DocState.ESCALATED)
+        move_documents(
+            session, ids, [DocState.AWAITING_FRONTIER], state=DocState.ESCALATED, error=None
+        )
     for doc_id in ids:
         dispatch(TASK_FRONTIER, [doc_id], queue=s.frontier_queue)
     return len(ids)

@@ -36,11 +36,15 @@ class Rejected:
 
 
 def _has_bad_bytes(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+    # Undecodable bytes (surrogateescape) and lone surrogates from JSON "\ud800"
+    # escapes alike: neither can be stored as UTF-8.
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def _excerpt(text: str) -> str:
-    return text[:200].encode("utf-8", "replace").decode("utf-8", "replace")
+    # Stored in input_errors: no bytes Postgres text refuses (NUL, invalid UTF-8).
+    clipped = text[:200].replace("\x00", "\\x00")
+    return clipped.encode("utf-8", "replace").decode("utf-8", "replace")
 
 
 def detect_format(name: str, first_line: bytes | None = None) -> Format:
@@ -81,8 +85,10 @@ def _external_id(line_no: int, value: object, raw: str) -> str | Rejected:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return Rejected(line_no, f"line {line_no}: id must be text or an integer", _excerpt(raw))
     ext = str(value)
-    if not ext or len(ext) > 255 or _has_bad_bytes(ext):
-        return Rejected(line_no, f"line {line_no}: id must be 1-255 characters", _excerpt(raw))
+    if not ext or len(ext) > 255 or _has_bad_bytes(ext) or "\x00" in ext:
+        return Rejected(
+            line_no, f"line {line_no}: id must be 1-255 valid characters", _excerpt(raw)
+        )
     return ext
 
 

@@ -19,6 +19,7 @@ from shiftdown.drift import MIN_DOCUMENTS, DriftCheck
 from shiftdown.errors import ConfigError
 from shiftdown.prompts import estimate_tokens
 from shiftdown.schema import (
+    DocState,
     Document,
     FrontierCall,
     InputError,
@@ -181,6 +182,7 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
         "escalated": escalated,
         "escalation_rate": round(escalation_rate, 4) if escalation_rate is not None else None,
         "slm_bypass": run.slm_bypass,
+        "parked": parked_reasons(session, run_id),
         "agreement": {
             "audited": audit,
             "escalated": agreement(session, run_id, Stage.FRONTIER),
@@ -218,6 +220,16 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
             settings,
         ),
     }
+
+
+def parked_reasons(session: Session, run_id: int) -> dict[str, int]:
+    """Documents waiting for the frontier, by why they wait (a budget cap, or none set)."""
+    rows = session.execute(
+        select(Document.error, func.count())
+        .where(Document.run_id == run_id, Document.state == DocState.AWAITING_FRONTIER)
+        .group_by(Document.error)
+    ).all()
+    return {reason or "no frontier configured": n for reason, n in rows}
 
 
 def agreement(session: Session, run_id: int, stage: str) -> dict[str, Any]:

@@ -143,6 +143,9 @@ class Document(Base):
     state: Mapped[str] = mapped_column(String(32), default=DocState.QUEUED)
     final_stage: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+    # Until when a frontier call for this document is in flight: a second delivery of
+    # its task (after the broker's visibility timeout) leaves it to the first.
+    frontier_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         default=3600,
         description="Redis visibility timeout: an unacknowledged task is redelivered after it.",
     )
+    worker_max_tasks_per_child: int | None = Field(
+        default=None,
+        ge=1,
+        description="Replace a worker process after this many tasks (bounds native memory "
+        "growth; the model is loaded again by the new process). Unset: never.",
+    )
     openai_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("OPENAI_API_KEY", "SHIFTDOWN_OPENAI_API_KEY"),
@@ -136,6 +142,18 @@ class Settings(BaseSettings):
         default="auto",
         description="Structured-output style: OpenAI json_schema, llama.cpp-style json_object "
         "with a schema, or auto (json_schema, falling back when the server rejects it).",
+    )
+    frontier_budget_usd_per_run: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Frontier dollars one run may spend; past it escalations are parked "
+        "as awaiting_frontier (unset: no cap).",
+    )
+    frontier_budget_usd_per_hour: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Frontier dollars all runs together may spend in any trailing hour; "
+        "past it escalations are parked (unset: no cap).",
     )
     flower_user: str = Field(default="admin", description="Flower basic-auth user.")
     flower_password: SecretStr | None = Field(

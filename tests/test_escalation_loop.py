@@ -59,12 +59,12 @@ def test_calibrate_and_policy_commands_set_what_runs_use(
     tmp_path: Path,
 ) -> None:
     use_settings(SHIFTDOWN_DATABASE_URL=sqlite_url, SHIFTDOWN_N_THREADS="2")
-    common = ["--task", "b77", "--limit", "120"]
+    common = ["--task", "b77", "--limit", "80"]
     out = invoke(
         "calibrate", "--model", str(MODEL), "--taxonomy", str(banking_taxonomy), *common, "--json"
     ).stdout
     figures = json.loads(out)
-    assert figures["documents"] == 120 and 0.05 < figures["temperature"] < 20
+    assert figures["documents"] == 80 and 0.05 < figures["temperature"] < 20
     assert figures["nll_after"] <= figures["nll_before"]
     assert manifest()["temperature"] == figures["temperature"]
     assert manifest()["heldout"]["path"].endswith("heldout.csv")

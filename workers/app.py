@@ -34,6 +34,7 @@ def configure(settings: Settings | None = None) -> None:
         # One message in hand per process: a batch is seconds of work, and a deeper
         # prefetch would strand messages behind a busy process.
         worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=s.worker_max_tasks_per_child,
         task_default_queue=s.slm_queue,
         task_routes={
             TASK_SLM: {"queue": s.slm_queue},

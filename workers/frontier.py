@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models.registry import task_taxonomy
 from shiftdown.db import session_scope
-from shiftdown.schema import DocState, Document, FrontierCall, Prediction, Run, Stage, Task
+from shiftdown.schema import (
+    DocState,
+    Document,
+    FrontierCall,
+    Prediction,
+    Run,
+    Stage,
+    Task,
+    utcnow,
+)
 from shiftdown.settings import get_settings
 from workers.app import TASK_FRONTIER, app
 from workers.frontier_client import OK, RETRYABLE, FrontierClient, FrontierResult
@@ -87,6 +97,7 @@ def _record(document_id: int, run_id: int, result: FrontierResult, final: bool, 
             session.scalar(select(func.count()).where(FrontierCall.document_id == document_id)) or 0
         )
         call = record_call(session, result, attempt, document_id, run_id)
+        release_lease(session, document_id)
         if result.status == OK and result.label is not None:
             insert_predictions(
                 session,
@@ -159,6 +170,70 @@ def _pending(session: Session, document_id: int, audit: bool) -> Document | None
     return doc if done is None else None
 
 
+def over_budget(session: Session, run_id: int) -> str | None:
+    """Why no more frontier calls may be made for this run now, or None.
+
+    Checked before each call, so concurrent workers can overshoot a cap by at most the
+    calls they have in flight.
+    """
+    s = get_settings()
+    spent = func.coalesce(func.sum(FrontierCall.cost_usd), 0.0)
+    if s.frontier_budget_usd_per_run is not None:
+        run_spent = float(session.scalar(select(spent).where(FrontierCall.run_id == run_id)) or 0)
+        if run_spent >= s.frontier_budget_usd_per_run:
+            return (
+                f"budget: run {run_id} spent ${run_spent:.4f} of its "
+                f"${s.frontier_budget_usd_per_run:g} cap (SHIFTDOWN_FRONTIER_BUDGET_USD_PER_RUN)"
+            )
+    if s.frontier_budget_usd_per_hour is not None:
+        since = utcnow() - timedelta(hours=1)
+        hour_spent = float(
+            session.scalar(select(spent).where(FrontierCall.created_at >= since)) or 0
+        )
+        if hour_spent >= s.frontier_budget_usd_per_hour:
+            return (
+                f"budget: ${hour_spent:.4f} spent in the last hour, cap "
+                f"${s.frontier_budget_usd_per_hour:g} (SHIFTDOWN_FRONTIER_BUDGET_USD_PER_HOUR)"
+            )
+    return None
+
+
+def lease_s() -> float:
+    """How long one delivery may hold a document: its call with all client retries."""
+    s = get_settings()
+    return s.frontier_timeout_s * (s.frontier_client_retries + 1) + 30.0
+
+
+def take_lease(session: Session, document_id: int, audit: bool) -> bool:
+    """Claim the document for one frontier call; False while another delivery holds it
+    (or, for an escalation, once another delivery has labelled it)."""
+    now = utcnow()
+    # The state is part of the claim: a delivery that committed its label between our
+    # read and this update leaves nothing to claim (Postgres re-checks the locked row).
+    states = [DocState.CLASSIFIED] if audit else list(WAITING)
+    result = session.execute(
+        update(Document)
+        .where(
+            Document.id == document_id,
+            Document.state.in_(states),
+            or_(Document.frontier_lease_until.is_(None), Document.frontier_lease_until < now),
+        )
+        .values(frontier_lease_until=now + timedelta(seconds=lease_s()))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def release_lease(session: Session, document_id: int) -> None:
+    """End this delivery's claim (in the transaction that records its call)."""
+    session.execute(
+        update(Document)
+        .where(Document.id == document_id)
+        .values(frontier_lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def process_document(
     document_id: int, retries_left: bool, audit: bool = False
 ) -> FrontierResult | None:
@@ -169,14 +244,25 @@ def process_document(
         doc = _pending(session, document_id, audit)
         if doc is None:
             return None
-        if not s.frontier_configured:
+        capped = over_budget(session, doc.run_id)
+        if not s.frontier_configured or capped:
             if not audit:
-                move_documents(session, [document_id], WAITING, state=DocState.AWAITING_FRONTIER)
+                move_documents(
+                    session, [document_id], WAITING, state=DocState.AWAITING_FRONTIER, error=capped
+                )
+            return None
+        if not take_lease(session, document_id, audit):
+            log.info("document %d: a frontier call is already in flight", document_id)
             return None
         run = session.get_one(Run, doc.run_id)
         taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
         text, run_id = doc.text, doc.run_id
-    result = get_client().classify(text, taxonomy)
+    try:
+        result = get_client().classify(text, taxonomy)
+    except BaseException:
+        with session_scope() as session:
+            release_lease(session, document_id)
+        raise
     final = result.status != RETRYABLE or not retries_left
     attempt = _record(document_id, run_id, result, final, audit)
     if result.status != OK:

@@ -1,9 +1,13 @@
-"""escalation decisions recorded per prediction, SLM bypass reason per run, audit stage
+"""escalation decisions recorded per prediction, SLM bypass reason per run, audit stage,
+frontier lease per document
 
 With per-label thresholds the run's single threshold no longer says which documents
 were escalated, so the SLM worker records its decision and the views read it (rows
 written before this revision fall back to the run threshold). Audit predictions (a
-sample of kept documents also sent to the frontier) join the agreement view.
+sample of kept documents also sent to the frontier) join the agreement view. A
+document's frontier lease lets a second delivery of the same task see that a call is
+already in flight (a task that outlived the broker's visibility timeout) and not pay
+for it twice.
 
 Revision ID: 0005
 Revises: 0004
@@ -82,12 +86,16 @@ def upgrade() -> None:
     _drop_views()
     op.add_column("predictions", sa.Column("escalated", sa.Boolean(), nullable=True))
     op.add_column("runs", sa.Column("slm_bypass", sa.Text(), nullable=True))
+    op.add_column(
+        "documents", sa.Column("frontier_lease_until", sa.DateTime(timezone=True), nullable=True)
+    )
     _create_views(NEW_RULE, _pred_day(), with_audit=True)
 
 
 def downgrade() -> None:
     _drop_views()
     # Native DROP COLUMN (SQLite 3.35+, Postgres): no table rebuild under the other views.
+    op.execute("ALTER TABLE documents DROP COLUMN frontier_lease_until")
     op.execute("ALTER TABLE runs DROP COLUMN slm_bypass")
     op.execute("ALTER TABLE predictions DROP COLUMN escalated")
     _create_views(OLD_RULE, _pred_day(), with_audit=False)
