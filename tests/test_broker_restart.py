@@ -32,7 +32,9 @@ N = 200
 def start_redis(port: int, folder: Path, aof: bool) -> subprocess.Popen[bytes]:
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
     args += ["--save", "", "--appendonly", "yes" if aof else "no", "--appendfsync", "always"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     client = redis.Redis(port=port)
     for _ in range(100):
         try:
@@ -62,6 +64,7 @@ def test_a_broker_restart_loses_nothing(
         "SHIFTDOWN_N_THREADS": "2",
         "SHIFTDOWN_VISIBILITY_TIMEOUT_S": "5",
         "OPENAI_BASE_URL": scripted.base_url,
+        "SHIFTDOWN_FRONTIER_TIMEOUT_S": "5",  # a killed call's lease runs out in 35 s
     }
     use_settings(**env)
     runner = CliRunner()

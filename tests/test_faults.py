@@ -1,7 +1,6 @@
 """Fault tests with real processes (``pytest -m faults``): a worker killed mid-run, shut
-down warm mid-batch, recycled, or cut off from Postgres for 20 s loses nothing and
-duplicates nothing; a task that outlives the broker's visibility timeout is delivered
-twice and billed once."""
+down warm mid-batch, or recycled loses nothing and duplicates nothing; frontier faults
+retry through Celery with countdowns."""
 
 from __future__ import annotations
 
@@ -18,17 +17,29 @@ from sqlalchemy import func, select
 
 from cli.main import cli
 from shiftdown.db import session_scope
-from shiftdown.schema import Prediction
+from shiftdown.schema import Document, FrontierCall, Prediction
 from tests.helpers import celery_worker, counts, stop
 from tests.scripted_server import ScriptedServer
-from tests.tcp_proxy import TcpProxy
-from workers.app import TASK_FRONTIER
+from workers.broker import in_flight
 
 pytestmark = pytest.mark.faults
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return celery_worker("slm,frontier", env, log.open("ab"), "-c", "1", "-l", "info")
+
+
+def unsettled(run_id: int) -> list[tuple[object, ...]]:
+    """Documents still waiting for a stage, with what the store knows of them."""
+    with session_scope() as s:
+        return [
+            tuple(row)
+            for row in s.execute(
+                select(Document.id, Document.state, Document.frontier_lease_until).where(
+                    Document.run_id == run_id, Document.state.in_(["queued", "escalated"])
+                )
+            )
+        ]
 
 
 def slm_done(run_id: int) -> int:
@@ -59,6 +70,7 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
         # Unacknowledged messages of a dead worker come back after this long.
         "SHIFTDOWN_VISIBILITY_TIMEOUT_S": "5",
         "OPENAI_BASE_URL": scripted.base_url,
+        "SHIFTDOWN_FRONTIER_TIMEOUT_S": "5",  # a killed call's lease runs out in 35 s
     }
     use_settings(**env)
     runner = CliRunner()
@@ -84,7 +96,11 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
     worker = start_worker(env, log)
     try:
         waited = runner.invoke(cli, ["wait", str(run_id), "--timeout", "240"])
-        assert waited.exit_code == 0, waited.output + log.read_text(errors="replace")[-3000:]
+        assert waited.exit_code == 0, (
+            f"{waited.output}{counts(run_id)}\n{unsettled(run_id)}\n"
+            f"on the broker: {sorted(in_flight(['slm', 'frontier']))}\n"
+            + log.read_text(errors="replace")[-3000:]
+        )
     finally:
         stop(worker)
     c = counts(run_id)
@@ -126,6 +142,7 @@ def test_warm_shutdown_mid_batch_loses_and_duplicates_nothing(
         "SHIFTDOWN_BROKER_URL": redis_url,
         "SHIFTDOWN_N_THREADS": "2",
         "OPENAI_BASE_URL": scripted.base_url,
+        "SHIFTDOWN_FRONTIER_TIMEOUT_S": "5",  # a killed call's lease runs out in 35 s
     }
     use_settings(**env)
     n = 160
@@ -171,6 +188,7 @@ def test_worker_recycling_loses_and_duplicates_nothing(
         "SHIFTDOWN_N_THREADS": "2",
         "SHIFTDOWN_WORKER_MAX_TASKS_PER_CHILD": "2",
         "OPENAI_BASE_URL": scripted.base_url,
+        "SHIFTDOWN_FRONTIER_TIMEOUT_S": "5",  # a killed call's lease runs out in 35 s
     }
     use_settings(**env)
     n = 128
@@ -189,7 +207,7 @@ def test_worker_recycling_loses_and_duplicates_nothing(
     assert log.read_text(errors="replace").count("loaded ") >= 3
 
 
-def test_a_task_that_outlives_the_visibility_timeout_is_billed_once(
+def test_frontier_faults_through_celery_retry_with_countdowns_and_bill_each_attempt_once(
     use_settings: Callable[..., None],
     pg_url: str,
     redis_url: str,
@@ -199,81 +217,54 @@ def test_a_task_that_outlives_the_visibility_timeout_is_billed_once(
     write_jsonl: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
-    env = {
-        "SHIFTDOWN_DATABASE_URL": pg_url,
-        "SHIFTDOWN_BROKER_URL": redis_url,
-        "SHIFTDOWN_N_THREADS": "1",
-        "SHIFTDOWN_THRESHOLD": "1.0",  # the document escalates
-        # The broker hands the unacknowledged task to another process after 2 s...
-        "SHIFTDOWN_VISIBILITY_TIMEOUT_S": "2",
-        "OPENAI_BASE_URL": scripted.base_url,
-    }
-    use_settings(**env)
-
-    def slow(body: dict[str, Any]) -> tuple[int, dict[str, Any] | str, dict[str, str]]:
-        time.sleep(10)  # ...while the first frontier call is still in flight
-        return scripted.default_answer(body)
-
-    scripted.script.append(slow)
-    docs = write_jsonl([{"id": "slow", "text": banking[0]["text"]}])
-    log = tmp_path / "worker.log"
-    worker = celery_worker("slm,frontier", env, log.open("ab"), "-c", "2", "-l", "info")
-    try:
-        run_id = _run_with(env, docs, banking_taxonomy, log, lambda _: None)
-    finally:
-        stop(worker)
-    text = log.read_text(errors="replace")
-    # Delivered twice; the second delivery saw the lease of the first and did nothing.
-    assert text.count(f"{TASK_FRONTIER}[") >= 2 and "already in flight" in text, text[-3000:]
-    c = counts(run_id)
-    assert c["labelled"] == 1 and c["stages"] == {"slm": 1, "frontier": 1}, c
-    assert c["frontier_calls"] == 1 == len(scripted.requests), c
-
-
-def test_postgres_unavailable_for_20_s_mid_run_loses_and_duplicates_nothing(
-    use_settings: Callable[..., None],
-    pg_url: str,
-    redis_url: str,
-    scripted: ScriptedServer,
-    banking: list[dict[str, str]],
-    banking_taxonomy: Path,
-    write_jsonl: Callable[..., Path],
-    tmp_path: Path,
-) -> None:
-    # The worker reaches Postgres through a proxy the test cuts; the test itself does not.
-    proxy = TcpProxy(("127.0.0.1", 5432)).start()
     env = {
         "SHIFTDOWN_DATABASE_URL": pg_url,
         "SHIFTDOWN_BROKER_URL": redis_url,
         "SHIFTDOWN_N_THREADS": "2",
+        "SHIFTDOWN_THRESHOLD": "1.0",  # both documents escalate
+        "SHIFTDOWN_FRONTIER_TIMEOUT_S": "1",
+        "SHIFTDOWN_FRONTIER_RETRY_BASE_S": "0.5",
         "OPENAI_BASE_URL": scripted.base_url,
     }
-    worker_env = {**env, "SHIFTDOWN_DATABASE_URL": pg_url.replace(":5432/", f":{proxy.port}/")}
-    assert worker_env["SHIFTDOWN_DATABASE_URL"] != pg_url
     use_settings(**env)
-    n = 200
-    docs = write_jsonl(
-        [{"id": f"p{i}", "text": banking[i % len(banking)]["text"]} for i in range(n)]
-    )
+    slow_text, other_text = banking[0]["text"], banking[1]["text"]
+    seen: dict[str, int] = {}
+
+    def answer(body: dict[str, Any]) -> tuple[int, dict[str, Any] | str, dict[str, str]]:
+        user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        seen[user] = seen.get(user, 0) + 1
+        if user == slow_text and seen[user] == 1:
+            return 429, {"error": {"message": "rate limited"}}, {"Retry-After": "5"}
+        if user == slow_text and seen[user] == 2:
+            time.sleep(3)  # past the client's 1 s read timeout
+        return scripted.default_answer(body)
+
+    scripted.script.extend([answer] * 10)
+    docs = write_jsonl([{"id": "a", "text": slow_text}, {"id": "b", "text": other_text}])
     log = tmp_path / "worker.log"
-    worker = start_worker(worker_env, log)
-
-    def outage(run_id: int) -> None:
-        deadline = time.monotonic() + 120
-        while slm_done(run_id) < 0.3 * n and time.monotonic() < deadline:
-            time.sleep(0.2)
-        proxy.cut()
-        time.sleep(20)
-        assert slm_done(run_id) < n
-        proxy.restore()
-
+    # One process: a 5 s Retry-After must not hold it while document b waits.
+    worker = celery_worker("slm,frontier", env, log.open("ab"), "-c", "1", "-l", "info")
     try:
-        run_id = _run_with(env, docs, banking_taxonomy, log, outage)
+        run_id = _run_with(env, docs, banking_taxonomy, log, lambda _: None)
     finally:
         stop(worker)
-        proxy.cut()
+    with session_scope() as s:
+        rows = s.execute(
+            select(Document.external_id, FrontierCall.attempt, FrontierCall.status,
+                   FrontierCall.http_status, FrontierCall.created_at)
+            .join(Document, Document.id == FrontierCall.document_id)
+            .order_by(Document.external_id, FrontierCall.attempt)
+        ).all()  # fmt: skip
+    calls = [(ext, attempt, status, http) for ext, attempt, status, http, _ in rows]
+    assert calls == [
+        ("a", 1, "retryable", 429),
+        ("a", 2, "retryable", None),  # the read timeout
+        ("a", 3, "ok", None),
+        ("b", 1, "ok", None),
+    ], calls
+    at = {(ext, attempt): created for ext, attempt, _, _, created in rows}
+    assert at[("b", 1)] < at[("a", 2)]  # b went ahead during a's countdown
+    assert (at[("a", 2)] - at[("a", 1)]).total_seconds() >= 4.5  # Retry-After honoured
+    assert len(scripted.requests) == 4
     c = counts(run_id)
-    assert c["labelled"] == n and c["duplicates"] == 0 and c["stages"]["slm"] == n, c
-    # Retried, not lost: the log shows the database errors the tasks retried through.
-    assert "OperationalError" in log.read_text(errors="replace")
-    assert 0 <= len(scripted.requests) - c["frontier_calls"] <= 1
+    assert c["labelled"] == 2 and c["frontier_calls"] == 4 and c["duplicates"] == 0, c

@@ -1,4 +1,4 @@
-"""Bad input, generated (``pytest -m faults``): over a thousand seeded records of every
+"""Bad input, generated: over a thousand seeded records of every
 kind of wrong, mixed with valid ones, through the real producer, llama.cpp and
 Postgres. Each bad record gets a recorded error naming its line; every valid record is
 processed; nothing crashes."""
@@ -10,15 +10,12 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
 from cli.main import cli
 from shiftdown.db import session_scope
 from shiftdown.schema import Document, InputError
-
-pytestmark = pytest.mark.faults
 
 RECORDS = 1200
 HUGE = "lost card " * 100_000  # 1 MB, far past the model's context

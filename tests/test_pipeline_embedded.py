@@ -219,6 +219,7 @@ def test_stdin_and_json_schema_fallback(
         server.stop()
 
 
+@pytest.mark.faults
 def test_frontier_answers_outside_the_taxonomy_end_failed_with_the_reason(
     use_settings: Callable[..., None],
     sqlite_url: str,
@@ -251,6 +252,7 @@ def test_frontier_answers_outside_the_taxonomy_end_failed_with_the_reason(
         server.stop()
 
 
+@pytest.mark.faults
 def test_transient_frontier_faults_are_retried_and_every_attempt_recorded(
     use_settings: Callable[..., None],
     sqlite_url: str,

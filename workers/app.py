@@ -23,6 +23,11 @@ app = Celery("shiftdown", include=["workers.slm", "workers.frontier"])
 def configure(settings: Settings | None = None) -> None:
     """(Re)apply settings to the app; embedded mode (no broker) runs tasks in-process."""
     s = settings or get_settings()
+    if app.conf.broker_url != (s.broker_url or "memory://"):
+        # The app's pools still point at the old broker; kombu keeps one pool per broker
+        # URL, so dropping the references is enough (and leaves the others usable).
+        app._pool = None
+        app.amqp._producer_pool = None
     app.conf.update(
         broker_url=s.broker_url or "memory://",
         result_backend=None,

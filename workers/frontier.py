@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -204,6 +204,23 @@ def lease_s() -> float:
     return s.frontier_timeout_s * (s.frontier_client_retries + 1) + 30.0
 
 
+class LeaseHeld(Exception):
+    """Another delivery of this document's task is calling the frontier right now."""
+
+    def __init__(self, document_id: int, seconds_left: float) -> None:
+        super().__init__(f"document {document_id}: a frontier call is already in flight")
+        self.seconds_left = seconds_left
+
+
+def lease_left_s(session: Session, document_id: int) -> float:
+    """Seconds until the document's current lease ends (0 when it has none)."""
+    until = session.scalar(select(Document.frontier_lease_until).where(Document.id == document_id))
+    if until is None:
+        return 0.0
+    until = until if until.tzinfo else until.replace(tzinfo=UTC)
+    return max(0.0, (until - utcnow()).total_seconds())
+
+
 def take_lease(session: Session, document_id: int, audit: bool) -> bool:
     """Claim the document for one frontier call; False while another delivery holds it
     (or, for an escalation, once another delivery has labelled it)."""
@@ -252,8 +269,7 @@ def process_document(
                 )
             return None
         if not take_lease(session, document_id, audit):
-            log.info("document %d: a frontier call is already in flight", document_id)
-            return None
+            raise LeaseHeld(document_id, lease_left_s(session, document_id))
         run = session.get_one(Run, doc.run_id)
         taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
         text, run_id = doc.text, doc.run_id
@@ -286,14 +302,28 @@ def classify_with_frontier(self: Any, document_id: int, audit: bool = False) -> 
     if self.request.is_eager:
         # In-process there is no broker to hold a countdown: wait here, same bounds.
         for retry in range(s.frontier_task_retries + 1):
-            result = process_document(document_id, retry < s.frontier_task_retries, audit)
+            try:
+                result = process_document(document_id, retry < s.frontier_task_retries, audit)
+            except LeaseHeld as held:
+                log.warning("%s (another process holds it)", held)
+                return "leased"
             if result is None or result.status != RETRYABLE:
                 break
             if retry < s.frontier_task_retries:
                 time.sleep(result.retry_after_s or backoff_s(retry + 1))
         return result.status if result else "noop"
     retries_left = self.request.retries < s.frontier_task_retries
-    result = process_document(document_id, retries_left, audit)
+    try:
+        result = process_document(document_id, retries_left, audit)
+    except LeaseHeld as held:
+        # A second delivery (the first outlived the visibility timeout, or died): look
+        # again once the lease has run out. By then the first has recorded its answer,
+        # and this is a no-op; or it died, and this delivery makes the call.
+        log.info("%s; checking again in %.0f s", held, held.seconds_left + 1)
+        classify_with_frontier.apply_async(
+            args=[document_id, audit], countdown=held.seconds_left + 1, queue=s.frontier_queue
+        )
+        return "leased"
     if result is None:
         return "noop"
     if result.status == RETRYABLE and retries_left:

@@ -23,7 +23,7 @@ from models.policy import Policy
 from models.registry import model_name, spec_for, task_taxonomy
 from shiftdown.db import dispose_engines, session_scope
 from shiftdown.errors import FatalError, RetryableError
-from shiftdown.schema import DocState, Document, ModelVersion, Run, Stage, Task
+from shiftdown.schema import DocState, Document, ModelVersion, Prediction, Run, Stage, Task
 from shiftdown.settings import Settings, get_settings
 from shiftdown.taxonomy import Taxonomy
 from workers.app import TASK_FRONTIER, TASK_SLM, app, dispatch
@@ -122,6 +122,7 @@ def process_batch(ids: list[int]) -> int:
     s = get_settings()
     work = _load(ids)
     if not work:
+        _send_follow_ups(ids)
         return 0
     rows: list[dict[str, Any]] = []
     keep: list[int] = []
@@ -175,13 +176,56 @@ def process_batch(ids: list[int]) -> int:
         for doc_id, error in failed.items():
             move_documents(session, [doc_id], queued, state=DocState.FAILED, error=error)
     # After the commit, so that the frontier task finds the state it expects.
-    if parked == DocState.ESCALATED:
-        for doc_id in escalate:
-            dispatch(TASK_FRONTIER, [doc_id], queue=s.frontier_queue)
-        for doc_id in keep:
-            if audited(doc_id, s.audit_rate):
-                dispatch(TASK_FRONTIER, [doc_id, True], queue=s.frontier_queue)
+    _send_follow_ups(ids)
     return len(work)
+
+
+def _send_follow_ups(ids: list[int]) -> None:
+    """Send the frontier tasks the batch's documents are owed: escalations without a
+    frontier answer, and audit samples without an audit answer.
+
+    Read from the store after the commit, so that a delivery of this batch that died
+    between its commit and its sends is made whole by the redelivery (a frontier task
+    sent twice does nothing the second time).
+    """
+    s = get_settings()
+    if not s.frontier_configured:
+        return
+    with session_scope() as session:
+        answered = select(Prediction.document_id).where(
+            Prediction.document_id.in_(ids), Prediction.stage == Stage.FRONTIER
+        )
+        owed = list(
+            session.scalars(
+                select(Document.id)
+                .where(
+                    Document.id.in_(ids),
+                    Document.state == DocState.ESCALATED,
+                    Document.id.not_in(answered),
+                )
+                .order_by(Document.id)
+            )
+        )
+        audits: list[int] = []
+        if s.audit_rate > 0:
+            sampled = [i for i in ids if audited(i, s.audit_rate)]
+            audited_ = select(Prediction.document_id).where(
+                Prediction.document_id.in_(sampled), Prediction.stage == Stage.AUDIT
+            )
+            audits = list(
+                session.scalars(
+                    select(Document.id).where(
+                        Document.id.in_(sampled),
+                        Document.state == DocState.CLASSIFIED,
+                        Document.final_stage == Stage.SLM,
+                        Document.id.not_in(audited_),
+                    )
+                )
+            )
+    for doc_id in owed:
+        dispatch(TASK_FRONTIER, [doc_id], queue=s.frontier_queue)
+    for doc_id in audits:
+        dispatch(TASK_FRONTIER, [doc_id, True], queue=s.frontier_queue)
 
 
 @app.task(
