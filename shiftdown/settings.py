@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         description="llama.cpp threads per worker process (unset: all cores).",
     )
     n_batch: int = Field(default=512, description="llama.cpp batch size for prompt evaluation.")
+    parallel: int = Field(
+        default=1,
+        ge=1,
+        description="Documents an SLM worker decodes together, each its own sequence after "
+        "the shared prompt prefix (1: one at a time). On a GPU set 32 or more; on CPU the "
+        "forward pass is the limit and batching gains little.",
+    )
     n_gpu_layers: int = Field(
         default=0, description="Layers offloaded to the GPU (-1: all; needs a CUDA build)."
     )
@@ -101,6 +108,18 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         default=3600,
         description="Redis visibility timeout: an unacknowledged task is redelivered after it.",
+    )
+    restore_interval_s: int = Field(
+        default=10,
+        ge=1,
+        description="How often a worker looks for unacknowledged tasks past the visibility "
+        "timeout and puts them back on their queue.",
+    )
+    worker_start_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a new worker process may take to load its model before "
+        "Celery gives up on it (Celery's own default, 4 s, kills any real model's load).",
     )
     worker_max_tasks_per_child: int | None = Field(
         default=None,

@@ -40,6 +40,9 @@ def configure(settings: Settings | None = None) -> None:
         # prefetch would strand messages behind a busy process.
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=s.worker_max_tasks_per_child,
+        # A pool process loads its model in worker_process_init, before it reports up;
+        # past this Celery kills it and forks another, which loads again, forever.
+        worker_proc_alive_timeout=s.worker_start_timeout_s,
         task_default_queue=s.slm_queue,
         task_routes={
             TASK_SLM: {"queue": s.slm_queue},
@@ -47,7 +50,14 @@ def configure(settings: Settings | None = None) -> None:
         },
         task_serializer="json",
         accept_content=["json"],
-        broker_transport_options={"visibility_timeout": s.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": s.visibility_timeout_s,
+            # kombu sweeps every interval but scans Redis only every 10th sweep by
+            # default, so a lost task waited up to 100 s past its timeout; one scan per
+            # sweep costs a single ZRANGEBYSCORE.
+            "unacked_restore_interval": s.restore_interval_s,
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         # Flower shows tasks only when workers and producers send events.
         worker_send_task_events=True,
