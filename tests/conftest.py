@@ -20,6 +20,7 @@ import migrations
 from shiftdown.db import dispose_engines
 from shiftdown.settings import get_settings
 from tests.scripted_server import ScriptedServer
+from tests.stack import Stack
 from workers import frontier, slm
 from workers.app import configure
 
@@ -111,6 +112,37 @@ def scripted(reference: dict[str, str]) -> Iterator[ScriptedServer]:
     server = ScriptedServer(label_for=lambda text: reference.get(text, "card_arrival")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def stack_env(pg_url: str, redis_url: str, scripted: ScriptedServer) -> dict[str, str]:
+    """Settings of the full stack: Postgres, Redis and the scripted frontier."""
+    return {
+        "SHIFTDOWN_DATABASE_URL": pg_url,
+        "SHIFTDOWN_BROKER_URL": redis_url,
+        "SHIFTDOWN_THRESHOLD": "0.5",
+        # Two cores: one worker process with both threads.
+        "SHIFTDOWN_N_THREADS": "2",
+        # Documents of a task decoded eight at a time: the GPU path, and 9 % faster here.
+        "SHIFTDOWN_PARALLEL": "8",
+        # A call cut off by a killed worker leaves a lease that runs out in 35 s.
+        "SHIFTDOWN_FRONTIER_TIMEOUT_S": "5",
+        "OPENAI_BASE_URL": scripted.base_url,
+        "OPENAI_API_KEY": "sk-test-stack-0123456789",
+    }
+
+
+@pytest.fixture
+def stack(
+    use_settings: Callable[..., None],
+    stack_env: dict[str, str],
+    scripted: ScriptedServer,
+    banking: list[dict[str, str]],
+    banking_taxonomy: Path,
+    tmp_path: Path,
+) -> Stack:
+    """The full stack for one test, driven through ``tests.stack.Stack``."""
+    return Stack(stack_env, scripted, banking, banking_taxonomy, tmp_path, use_settings)
 
 
 @pytest.fixture

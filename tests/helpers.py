@@ -7,12 +7,15 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import IO, Any
 
+from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
+from cli.main import cli
 from shiftdown.db import session_scope
-from shiftdown.schema import Document, FrontierCall, Prediction
+from shiftdown.schema import Document, FrontierCall, Prediction, Stage
 
 
 def counts(run_id: int) -> dict[str, Any]:
@@ -115,3 +118,44 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def slm_done(run_id: int) -> int:
+    """SLM predictions stored for the run so far."""
+    with session_scope() as s:
+        return int(
+            s.scalar(
+                select(func.count()).where(
+                    Prediction.run_id == run_id, Prediction.stage == Stage.SLM
+                )
+            )
+            or 0
+        )
+
+
+def submit(docs: Path, taxonomy: Path) -> int:
+    """``shiftdown db upgrade`` and ``submit`` in this process; returns the run id."""
+    runner = CliRunner()
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(cli, ["submit", str(docs), "--taxonomy", str(taxonomy)])
+    assert result.exit_code == 0, result.output
+    return int(result.stdout.strip())
+
+
+def settle(run_id: int, log: Path, timeout_s: int = 240) -> None:
+    """``shiftdown wait`` for every document of the run; the worker log on failure."""
+    waited = CliRunner().invoke(cli, ["wait", str(run_id), "--timeout", str(timeout_s)])
+    assert waited.exit_code == 0, (
+        f"{waited.output}{counts(run_id)}\n" + log.read_text(errors="replace")[-3000:]
+    )
+
+
+def figures(test: str, submitted: int, run_id: int, calls_made: int | None = None) -> None:
+    """One line of the fault figures (``pytest -m faults -s`` prints them)."""
+    c = counts(run_id)
+    calls = "" if calls_made is None else f", frontier calls made {calls_made}"
+    print(
+        f"\nFIGURES {test}: submitted {submitted}, exactly one final label {c['labelled']}, "
+        f"lost {submitted - c['labelled']}, duplicated {c['duplicates']}, "
+        f"billed attempts recorded {c['frontier_calls']}{calls}"
+    )

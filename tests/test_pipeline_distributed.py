@@ -23,18 +23,6 @@ from tests.scripted_server import ScriptedServer
 
 
 @pytest.fixture
-def stack_env(pg_url: str, redis_url: str, scripted: ScriptedServer) -> dict[str, str]:
-    return {
-        "SHIFTDOWN_DATABASE_URL": pg_url,
-        "SHIFTDOWN_BROKER_URL": redis_url,
-        "SHIFTDOWN_THRESHOLD": "0.5",
-        "SHIFTDOWN_N_THREADS": "2",
-        "OPENAI_BASE_URL": scripted.base_url,
-        "OPENAI_API_KEY": "sk-test-distributed",
-    }
-
-
-@pytest.fixture
 def worker(stack_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with (tmp_path / "worker.log").open("wb") as log:
         proc = celery_worker("slm,frontier", stack_env, log, "-c", "1", "-l", "info")
