@@ -60,6 +60,39 @@ def test_documents_cannot_inject_control_tokens(clf: Classifier) -> None:
     assert plain.prompt_tokens > clf.prefix_tokens + 4  # the marker was tokenized as text
 
 
+def test_documents_decoded_together_get_the_distributions_they_get_alone(
+    labels: tuple[str, ...], banking: list[dict[str, str]]
+) -> None:
+    # The demo adapter too: the batched context must carry the LoRA weights.
+    from models.registry import load_model_dir
+
+    gguf, adapter, manifest = load_model_dir(Path("demo/banking77-lora"))
+    spec = ModelSpec(str(gguf), labels, str(adapter), manifest)
+    single = Classifier(spec, RuntimeOptions(n_ctx=1024, n_threads=2, n_batch=256))
+    batched = Classifier(spec, RuntimeOptions(n_ctx=1024, n_threads=2, n_batch=256, parallel=8))
+    # 20 queries (three decodes of up to 8), one past the decode's token budget (alone),
+    # and an empty one.
+    texts = [r["text"] for r in banking[:20]] + ["card declined " * 100, ""]
+    together = batched.classify_many(texts)
+    alone = [single.classify(t) for t in texts]
+    assert len(together) == len(texts)
+    for a, b in zip(alone, together, strict=True):
+        assert a.label == b.label
+        assert (a.prompt_tokens, a.truncated) == (b.prompt_tokens, b.truncated)
+        # Not bit for bit: a sequence's cells sit elsewhere in the cache, which changes
+        # the order of float sums, and 8-bit activation rounding carries that on.
+        np.testing.assert_allclose(a.probs, b.probs, atol=0.03)
+    # The first sequence of a decode sits where a lone document would: bit for bit.
+    np.testing.assert_array_equal(alone[0].logits, together[0].logits)
+    right = [a.label == r["category"] for a, r in zip(together[:20], banking[:20], strict=True)]
+    assert sum(right) >= 16
+    # Nothing leaks between sequences: a document's answer does not depend on what it
+    # was decoded with, only on where its cells sit.
+    after = [batched.classify_many([other, texts[2]])[1] for other in (texts[0], texts[3])]
+    assert len(single.document_tokens(texts[0])[0]) == len(single.document_tokens(texts[3])[0])
+    np.testing.assert_array_equal(after[0].logits, after[1].logits)
+
+
 def test_manifest_coding_must_match_the_labels(labels: tuple[str, ...]) -> None:
     spec = ModelSpec(
         str(default_gguf_path()), labels, manifest={"labels": ["x"], "label_codes": [1]}

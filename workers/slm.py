@@ -18,7 +18,7 @@ from celery.signals import worker_process_init
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from models.classifier import Classifier, RuntimeOptions
+from models.classifier import Classification, Classifier, RuntimeOptions
 from models.policy import Policy
 from models.registry import model_name, spec_for, task_taxonomy
 from shiftdown.db import dispose_engines, session_scope
@@ -44,6 +44,7 @@ def runtime_options(s: Settings) -> RuntimeOptions:
         n_batch=s.n_batch,
         n_gpu_layers=s.n_gpu_layers,
         max_text_chars=s.max_text_chars,
+        parallel=s.parallel,
     )
 
 
@@ -117,6 +118,34 @@ def audited(doc_id: int, rate: float) -> bool:
     return rate > 0 and (doc_id * 2654435761 % 2**32) / 2**32 < rate
 
 
+def _classified(work: list[_Work]) -> list[tuple[_Work, Classification | str]]:
+    """Each document's classification, or why it has none. Documents of one model and
+    taxonomy are decoded together; if that fails, one by one, so that a document
+    llama.cpp cannot take is recorded as failed without taking its batch with it."""
+    out: list[tuple[_Work, Classification | str]] = []
+    for _, group in groupby(work, key=lambda w: (w.version.id, w.task.name)):
+        items = list(group)
+        try:
+            clf = get_classifier(items[0].version, task_taxonomy(items[0].task))
+        except FatalError as exc:
+            out.extend((item, str(exc)) for item in items)
+            continue
+        try:
+            out.extend(zip(items, clf.classify_many([i.text for i in items]), strict=True))
+            continue
+        except Exception:
+            log.exception("a batch of %d failed; classifying them one by one", len(items))
+        for item in items:
+            try:
+                out.append((item, clf.classify(item.text)))
+            except FatalError as exc:
+                out.append((item, str(exc)))
+            except Exception as exc:  # llama.cpp failed on this document: record, go on
+                log.exception("document %d could not be classified", item.doc_id)
+                out.append((item, f"{type(exc).__name__}: {exc}"[:500]))
+    return out
+
+
 def process_batch(ids: list[int]) -> int:
     """Classify the still-queued documents among ``ids``; returns how many were handled."""
     s = get_settings()
@@ -130,40 +159,33 @@ def process_batch(ids: list[int]) -> int:
     truncated: list[int] = []
     failed: dict[int, str] = {}
     thresholds: dict[int, dict[str, float]] = {}
-    for item in work:
+    for item, outcome in _classified(work):
+        if isinstance(outcome, str):
+            failed[item.doc_id] = outcome
+            continue
         taxonomy = task_taxonomy(item.task)
         if item.version.id not in thresholds:
             thresholds[item.version.id] = per_label_thresholds(item.version)
-        try:
-            clf = get_classifier(item.version, taxonomy)
-            result = clf.classify(item.text)
-        except FatalError as exc:
-            failed[item.doc_id] = str(exc)
-            continue
-        except Exception as exc:  # llama.cpp failed on this document: record, go on
-            log.exception("document %d could not be classified", item.doc_id)
-            failed[item.doc_id] = f"{type(exc).__name__}: {exc}"[:500]
-            continue
-        limit = thresholds[item.version.id].get(result.label, item.run.threshold)
-        escalated = result.confidence < limit
+        limit = thresholds[item.version.id].get(outcome.label, item.run.threshold)
+        escalated = outcome.confidence < limit
         rows.append(
             {
                 "document_id": item.doc_id,
                 "run_id": item.run.id,
                 "stage": Stage.SLM,
-                "label": result.label,
-                "confidence": result.confidence,
+                "label": outcome.label,
+                "confidence": outcome.confidence,
                 "escalated": escalated,
-                "distribution": result.top_k(taxonomy.names, s.store_top_k),
+                "distribution": outcome.top_k(taxonomy.names, s.store_top_k),
                 "model": model_name(item.version),
                 "model_version_id": item.version.id,
-                "latency_ms": result.latency_ms,
-                "prompt_tokens": result.prompt_tokens,
+                "latency_ms": outcome.latency_ms,
+                "prompt_tokens": outcome.prompt_tokens,
                 "completion_tokens": 0,
                 "cost_usd": 0.0,
             }
         )
-        if result.truncated:
+        if outcome.truncated:
             truncated.append(item.doc_id)
         (escalate if escalated else keep).append(item.doc_id)
     parked = DocState.ESCALATED if s.frontier_configured else DocState.AWAITING_FRONTIER
