@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,30 @@ def economics_option(func: F) -> F:
     )(func)
 
 
+_TARGETS = (
+    (KEPT_ACCURACY, "--kept-accuracy", click.FloatRange(0, 1), "minimum accuracy on kept"),
+    (MAX_ESCALATION, "--max-escalation", click.FloatRange(0, 1), "maximum escalation rate"),
+    (MAX_USD_PER_1K, "--max-usd-per-1k", click.FloatRange(0), "maximum $ per 1,000 docs"),
+)
+TARGET_FLAGS = ", ".join(flag for _, flag, _, _ in _TARGETS)
+
+
+def target_options(func: F) -> F:
+    """The three target options, passed on as one ``target`` argument: a Target, or
+    None when none is given (more than one is a usage error)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        chosen = [(kind, v) for kind, *_ in _TARGETS if (v := kwargs.pop(kind)) is not None]
+        if len(chosen) > 1:
+            raise click.UsageError(f"give one target: {TARGET_FLAGS}")
+        return func(*args, target=Target(*chosen[0]) if chosen else None, **kwargs)
+
+    for kind, flag, kind_type, text in reversed(_TARGETS):
+        wrapper = click.option(flag, kind, type=kind_type, help=f"Target: {text}.")(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
 def economics(scored: Scored, frontier_accuracy: float) -> tuple[Economics, str]:
     """Dollars per escalation (recorded, else estimated) for this task."""
     with session_scope() as session:
@@ -87,9 +112,7 @@ def policy() -> None:
 
 @policy.command("set")
 @heldout_options
-@click.option("--kept-accuracy", type=click.FloatRange(0, 1), help="Minimum accuracy on kept.")
-@click.option("--max-escalation", type=click.FloatRange(0, 1), help="Maximum escalation rate.")
-@click.option("--max-usd-per-1k", type=click.FloatRange(0), help="Maximum $ per 1,000 docs.")
+@target_options
 @click.option(
     "--per-label", is_flag=True, help="A threshold per predicted label instead of one global."
 )
@@ -103,9 +126,7 @@ def set_policy(
     text_column: str,
     label_column: str,
     limit: int | None,
-    kept_accuracy: float | None,
-    max_escalation: float | None,
-    max_usd_per_1k: float | None,
+    target: Target | None,
     per_label: bool,
     frontier_accuracy: float,
 ) -> None:
@@ -114,18 +135,8 @@ def set_policy(
     Runs created from then on with this version use them. Global and per-label
     thresholds are both checked on held-out folds they were not fitted on.
     """
-    given = {
-        KEPT_ACCURACY: kept_accuracy,
-        MAX_ESCALATION: max_escalation,
-        MAX_USD_PER_1K: max_usd_per_1k,
-    }
-    chosen = {k: v for k, v in given.items() if v is not None}
-    if len(chosen) != 1:
-        raise click.UsageError(
-            "give exactly one target: --kept-accuracy, --max-escalation or --max-usd-per-1k"
-        )
-    ((kind, value),) = chosen.items()
-    target = Target(kind, value)
+    if target is None:
+        raise click.UsageError(f"give one target: {TARGET_FLAGS}")
     scored = score_version(
         model_ref, task_name, taxonomy, data_path, text_column, label_column, limit
     )

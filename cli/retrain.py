@@ -14,10 +14,10 @@ from rich.table import Table
 from sqlalchemy import select
 
 from cli.common import ensure_schema, handle_errors
-from cli.policy import economics_option
+from cli.policy import TARGET_FLAGS, economics_option, target_options
 from cli.progress import progress_bar
 from models.classifier import Classifier
-from models.policy import KEPT_ACCURACY, MAX_ESCALATION, MAX_USD_PER_1K, Economics, Target
+from models.policy import Economics, Target
 from models.registry import (
     label_mismatch,
     model_name,
@@ -39,27 +39,11 @@ from shiftdown.settings import get_settings
 from workers.slm import runtime_options
 
 
-def _target(
-    kept_accuracy: float | None,
-    max_escalation: float | None,
-    max_usd_per_1k: float | None,
-    promoted: ModelVersion,
-) -> Target:
-    given = {
-        KEPT_ACCURACY: kept_accuracy,
-        MAX_ESCALATION: max_escalation,
-        MAX_USD_PER_1K: max_usd_per_1k,
-    }
-    chosen = [(k, v) for k, v in given.items() if v is not None]
-    if len(chosen) > 1:
-        raise click.UsageError("give at most one target")
-    if chosen:
-        return Target(*chosen[0])
+def _stored_target(promoted: ModelVersion) -> Target:
     stored = (promoted.manifest or {}).get("policy")
     if not stored:
         raise ConfigError(
-            "no target: pass --kept-accuracy, --max-escalation or --max-usd-per-1k "
-            "(or set a policy on the promoted version)"
+            f"no target: pass one of {TARGET_FLAGS} (or set a policy on the promoted version)"
         )
     return Target(stored["target"]["kind"], float(stored["target"]["value"]))
 
@@ -120,9 +104,7 @@ def _train_candidate(task_name: str, out_dir: Path, epochs: float, valid_frac: f
     help="Labelled data (text,label) both models are judged on (default: the candidate's "
     "held-out split, which the promoted model may have seen: a conservative judge).",
 )
-@click.option("--kept-accuracy", type=click.FloatRange(0, 1), help="Target: accuracy kept.")
-@click.option("--max-escalation", type=click.FloatRange(0, 1), help="Target: escalation rate.")
-@click.option("--max-usd-per-1k", type=click.FloatRange(0), help="Target: $ per 1,000 docs.")
+@target_options
 @click.option("--per-label", is_flag=True, help="Per-label thresholds for both models.")
 @economics_option
 @click.option("--epochs", default=1.0, show_default=True)
@@ -133,9 +115,7 @@ def retrain(
     candidate: str | None,
     out_dir: Path | None,
     heldout: Path | None,
-    kept_accuracy: float | None,
-    max_escalation: float | None,
-    max_usd_per_1k: float | None,
+    target: Target | None,
     per_label: bool,
     frontier_accuracy: float,
     epochs: float,
@@ -151,7 +131,7 @@ def retrain(
         if task is None or task.model_version_id is None:
             raise ConfigError(f"task {name!r} has no promoted model to compare against")
         promoted = session.get_one(ModelVersion, task.model_version_id)
-        target = _target(kept_accuracy, max_escalation, max_usd_per_1k, promoted)
+        target = target or _stored_target(promoted)
         promoted_id = promoted.id
     if candidate is None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

@@ -108,18 +108,11 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
     )
     n_final = sum(final_by_stage.values())
     latencies: dict[str, list[float]] = {Stage.SLM: [], Stage.FRONTIER: []}
-    escalated = 0
-    for stage, latency, confidence, decided in session.execute(
-        select(
-            Prediction.stage, Prediction.latency_ms, Prediction.confidence, Prediction.escalated
-        ).where(Prediction.run_id == run_id)
+    for stage, latency in session.execute(
+        select(Prediction.stage, Prediction.latency_ms).where(Prediction.run_id == run_id)
     ):
         latencies.setdefault(stage, []).append(latency)
-        if stage == Stage.SLM and (
-            decided if decided is not None else (confidence or 0.0) < run.threshold
-        ):
-            escalated += 1
-    n_slm = len(latencies[Stage.SLM])
+    escalated, n_slm = escalation_counts(session, run)
     escalation_rate = escalated / n_slm if n_slm else None
     audit = agreement(session, run_id, Stage.AUDIT)
 
@@ -297,8 +290,9 @@ def drift_checks(
     ]
 
 
-def run_report_basics(session: Session, run: Run) -> tuple[float | None, int, float | None]:
-    """(escalation rate, SLM predictions, audited agreement) of one run."""
+def escalation_counts(session: Session, run: Run) -> tuple[int, int]:
+    """(escalated, SLM predictions) of one run: the worker's recorded decision, or for
+    rows from before it was recorded, confidence under the run's threshold."""
     n, escalated = session.execute(
         select(
             func.count(),
@@ -311,9 +305,15 @@ def run_report_basics(session: Session, run: Run) -> tuple[float | None, int, fl
             ),
         ).where(Prediction.run_id == run.id, Prediction.stage == Stage.SLM)
     ).one()
+    return int(escalated or 0), int(n or 0)
+
+
+def run_report_basics(session: Session, run: Run) -> tuple[float | None, int, float | None]:
+    """(escalation rate, SLM predictions, audited agreement) of one run."""
+    escalated, n = escalation_counts(session, run)
     audited = agreement(session, run.id, Stage.AUDIT)
     audited_ok = audited["agreement"] if audited["documents"] >= MIN_DOCUMENTS else None
-    return (int(escalated or 0) / n if n else None), int(n or 0), audited_ok
+    return (escalated / n if n else None), n, audited_ok
 
 
 def break_even(
