@@ -25,7 +25,8 @@ from shiftdown.taxonomy import Taxonomy
 from workers.app import TASK_FRONTIER, TASK_SLM, app, dispatch, queue_depth
 from workers.store import move_documents
 
-# Documents per transaction; tasks are cut from each chunk after it commits.
+# Documents per transaction (rounded down to whole tasks); tasks are cut from each chunk
+# after it commits.
 CHUNK = 1000
 
 
@@ -117,9 +118,9 @@ def _producer() -> Iterator[Any]:
             yield producer
 
 
-def _chunks(items: Iterable[Record | Rejected]) -> Iterator[list[Record | Rejected]]:
+def _chunks(items: Iterable[Record | Rejected], size: int) -> Iterator[list[Record | Rejected]]:
     it = iter(items)
-    while chunk := list(islice(it, CHUNK)):
+    while chunk := list(islice(it, size)):
         yield chunk
 
 
@@ -150,8 +151,11 @@ def submit_records(
     result = SubmitResult(run_id=run_id)
     with session_scope() as session:
         bypass = session.get_one(Run, run_id).slm_bypass
+    # A whole number of tasks per chunk, so that no chunk ends in a short task.
+    size = s.slm_batch_size * max(1, CHUNK // s.slm_batch_size)
+    room = 0  # messages the SLM queue can take before its depth is asked again
     with _producer() as producer:
-        for chunk in _chunks(items):
+        for chunk in _chunks(items, size):
             good = [r for r in chunk if isinstance(r, Record)]
             bad = [r for r in chunk if isinstance(r, Rejected)]
             with session_scope() as session:
@@ -171,10 +175,14 @@ def submit_records(
                 continue
             for i in range(0, len(ids), s.slm_batch_size):
                 batch = ids[i : i + s.slm_batch_size]
-                # Backpressure: one round trip per message, far below its own cost.
-                while queue_depth(queue) >= s.max_queue_depth:
-                    time.sleep(0.2)
+                # Backpressure: the queue is asked for its depth only once the room it
+                # last reported is used up (workers only ever make more).
+                while room <= 0:
+                    room = s.max_queue_depth - queue_depth(queue)
+                    if room <= 0:
+                        time.sleep(0.2)
                 dispatch(TASK_SLM, [batch], queue, producer)
+                room -= 1
                 if on_progress:
                     on_progress(len(batch))
     with session_scope() as session:

@@ -83,7 +83,8 @@ def queue_depth(queue: str) -> int:
     """Messages waiting in ``queue`` (0 in embedded mode)."""
     if app.conf.task_always_eager:
         return 0
-    with app.connection_for_write() as conn:
+    # From the app's pool: a fresh connection per call cost more than the message.
+    with app.pool.acquire(block=True) as conn:
         try:
             declared = conn.default_channel.queue_declare(queue=queue, passive=True)
         except ChannelError:  # Redis has no key for an empty queue
