@@ -3,17 +3,24 @@
 1. limit     bare llama.cpp forward passes over exactly the token sequences the worker
              builds (document + answer cue after the cached instruction prefix),
              pre-tokenized, logits not read;
-2. naive     one high-level ``Llama.create_completion`` per document (a few tokens
-             generated, the label read back from the text), as a user would write it;
+2. naive     one high-level ``Llama.create_completion`` per document, as a user would
+             write it to get what the worker's decision needs: the label read back from
+             the generated text and its probability from ``logprobs`` (which needs
+             ``logits_all=True``); ``naive_text_only`` drops the probability;
 3. classify  the SLM worker's classify function alone (tokenizing, one forward pass,
-             the distribution over every label);
+             the distribution over every label); ``--parallel N`` adds
+             ``classify_many`` with N documents per decode, in the worker's tasks of 32;
 4. pipeline  producer → Redis → a Celery SLM worker process → Postgres, from the first
-             enqueue to the last committed prediction.
+             enqueue to the last committed prediction (``--scale``: also with two worker
+             processes sharing the threads).
 
 Each line reports docs/s, per-document p50/p95 latency, and its ratio to line 1.
 Needs Redis and Postgres for line 4 (``--no-pipeline`` skips it).
 
-    python bench/throughput.py --docs 300 [--model demo/banking77-lora] [--json]
+    python bench/throughput.py --docs 300 [--model demo/banking77-lora] [--scale]
+        [--parallel N] [--gpu-layers -1] [--json]
+
+``bench/gpu.sh`` builds llama-cpp-python with CUDA and runs lines 1 and 3 on a GPU.
 """
 
 from __future__ import annotations
@@ -21,12 +28,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import random
-import subprocess
 import sys
 import time
-import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.table import print_table  # noqa: E402
 from models.classifier import Classifier, ModelSpec, RuntimeOptions  # noqa: E402
 from models.registry import load_model_dir  # noqa: E402
 
@@ -63,15 +71,20 @@ def line_limit(clf: Classifier, texts: list[str]) -> dict[str, float]:
 
 
 def line_naive(
-    spec: ModelSpec, clf: Classifier, texts: list[str], threads: int
+    spec: ModelSpec, clf: Classifier, texts: list[str], options: RuntimeOptions, confidence: bool
 ) -> dict[str, float]:
+    """One ``create_completion`` per document, the label read back from its text; with
+    ``confidence``, also its probability from ``logprobs`` (which needs ``logits_all``),
+    the naive way to get what the worker's decision needs."""
     from llama_cpp import Llama
 
     llm = Llama(
         model_path=spec.gguf_path,
         lora_path=spec.adapter_path,
         n_ctx=2048,
-        n_threads=threads,
+        n_threads=options.n_threads,
+        n_gpu_layers=options.n_gpu_layers,
+        logits_all=confidence,
         verbose=False,
     )
     prefix, suffix = clf.template.split(clf.labels)
@@ -83,9 +96,14 @@ def line_naive(
     start = time.perf_counter()
     for text in texts:
         t0 = time.perf_counter()
-        out = llm.create_completion(prefix + text + suffix, max_tokens=4, temperature=0)
-        answer = out["choices"][0]["text"].strip().split()  # type: ignore[index]
+        out: Any = llm.create_completion(
+            prefix + text + suffix, max_tokens=4, temperature=0, logprobs=1 if confidence else None
+        )
+        choice = out["choices"][0]
+        answer = choice["text"].strip().split()
         by_code.get(answer[0] if answer else "")
+        if confidence:
+            math.exp(choice["logprobs"]["token_logprobs"][0])
         latencies.append((time.perf_counter() - t0) * 1000)
     return stats(latencies, time.perf_counter() - start)
 
@@ -100,95 +118,75 @@ def line_classify(clf: Classifier, texts: list[str]) -> dict[str, float]:
     return stats(latencies, time.perf_counter() - start)
 
 
+def line_classify_many(clf: Classifier, texts: list[str], per_task: int) -> dict[str, float]:
+    """``classify_many`` over the worker's task-sized batches; a document's latency is
+    the wall time of the batch it was in."""
+    latencies = []
+    start = time.perf_counter()
+    for i in range(0, len(texts), per_task):
+        t0 = time.perf_counter()
+        batch = texts[i : i + per_task]
+        clf.classify_many(batch)
+        latencies += [(time.perf_counter() - t0) * 1000] * len(batch)
+    return stats(latencies, time.perf_counter() - start)
+
+
 def line_pipeline(
-    model_ref: str, texts: list[str], threads: int, taxonomy: Path
+    model_ref: str,
+    texts: list[str],
+    options: RuntimeOptions,
+    taxonomy: Path,
+    processes: int = 1,
 ) -> dict[str, float]:
-    import psycopg
-    import redis
+    """Producer → Redis → one Celery worker with ``processes`` pool processes (sharing
+    ``threads`` between them) → Postgres, first enqueue to last committed prediction."""
     from sqlalchemy import func, select
 
-    admin = os.environ.get("SHIFTDOWN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-    broker = os.environ.get("SHIFTDOWN_TEST_REDIS", "redis://127.0.0.1:6379/14")
-    name = f"shiftdown_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    redis.Redis.from_url(broker).flushdb()
-    env = {
-        **os.environ,
-        "SHIFTDOWN_DATABASE_URL": url,
-        "SHIFTDOWN_BROKER_URL": broker,
-        "SHIFTDOWN_N_THREADS": str(threads),
-        "SHIFTDOWN_TASK": "bench",
-    }
-    for key in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        env.pop(key, None)
-    os.environ.update({k: v for k, v in env.items() if k.startswith("SHIFTDOWN_")})
-    import migrations
-    from producers.readers import Record
-    from producers.submit import create_run, submit_records
-    from shiftdown.db import dispose_engines, session_scope
-    from shiftdown.schema import Document, Prediction
-    from shiftdown.settings import get_settings
-    from shiftdown.taxonomy import Taxonomy
-    from workers.app import configure
+    from bench.stack import scratch_stack, start_worker, stop_worker
 
-    get_settings.cache_clear()
-    configure()
-    migrations.upgrade(url)
-    tax = Taxonomy.from_file(taxonomy)
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-Q",
-            "slm",
-            "-c",
-            "1",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "warning",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    per_process = max(1, (options.n_threads or 1) // processes)
+    with scratch_stack(
+        SHIFTDOWN_N_THREADS=str(per_process),
+        SHIFTDOWN_N_GPU_LAYERS=str(options.n_gpu_layers),
+        SHIFTDOWN_PARALLEL=str(options.parallel),
+        SHIFTDOWN_TASK="bench",
+    ) as env:
+        from producers.readers import Record
+        from producers.submit import create_run, submit_records
+        from shiftdown.db import session_scope
+        from shiftdown.schema import Document, Prediction
+        from shiftdown.taxonomy import Taxonomy
 
-        def run(batch: list[str]) -> tuple[int, float]:
-            run_id, queue = create_run("bench", tax, model_ref, "bench")
-            t0 = time.time()
-            submit_records(run_id, [Record(i + 1, str(i), t) for i, t in enumerate(batch)], queue)
-            while True:
-                with session_scope() as s:
-                    done = s.scalar(select(func.count()).where(Prediction.run_id == run_id))
-                if done == len(batch):
-                    return run_id, t0
-                time.sleep(0.5)  # polling competes with the worker for the 2 cores
+        tax = Taxonomy.from_file(taxonomy)
+        worker = start_worker(env, processes)
+        try:
 
-        run(texts[:32])  # warm-up: the worker loads the model
-        run_id, t0 = run(texts)
-        with session_scope() as s:
-            rows = s.execute(
-                select(Document.created_at, Prediction.created_at)
-                .join(Prediction, Prediction.document_id == Document.id)
-                .where(Document.run_id == run_id)
-            ).all()
-        last = max(p for _, p in rows).timestamp()
-        latencies = [(p - d).total_seconds() * 1000 for d, p in rows]
-        return stats(latencies, last - t0)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
-        dispose_engines()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            def run(batch: list[str]) -> tuple[int, float]:
+                run_id, queue = create_run("bench", tax, model_ref, "bench")
+                t0 = time.time()
+                records = [Record(i + 1, str(i), t) for i, t in enumerate(batch)]
+                submit_records(run_id, records, queue)
+                while True:
+                    with session_scope() as s:
+                        done = s.scalar(select(func.count()).where(Prediction.run_id == run_id))
+                    if done == len(batch):
+                        return run_id, t0
+                    time.sleep(0.5)  # polling competes with the worker for the cores
+
+            # Warm-up: every pool process loads the model on its first task.
+            run(texts[: 32 * processes])
+            run_id, t0 = run(texts)
+            with session_scope() as s:
+                rows = s.execute(
+                    select(Document.created_at, Prediction.created_at)
+                    .join(Prediction, Prediction.document_id == Document.id)
+                    .where(Document.run_id == run_id)
+                ).all()
+            last = max(p for _, p in rows).timestamp()
+            latencies = [(p - d).total_seconds() * 1000 for d, p in rows]
+            return stats(latencies, last - t0)
+        finally:
+            stop_worker(worker)
 
 
 def main() -> None:
@@ -199,6 +197,19 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "demo" / "banking77-lora"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-pipeline", action="store_true")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="Also run the pipeline with two worker processes sharing the threads.",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="Also measure classify_many with this many documents per decode (and run the "
+        "pipeline with it).",
+    )
+    parser.add_argument("--gpu-layers", type=int, default=0, help="-1: offload every layer.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -210,18 +221,34 @@ def main() -> None:
     labels = tuple(json.loads(taxonomy.read_text()))
     gguf, adapter, manifest = load_model_dir(Path(args.model))
     spec = ModelSpec(str(gguf), labels, str(adapter) if adapter else None, manifest)
-    clf = Classifier(spec, RuntimeOptions(n_threads=args.threads))
+    options = RuntimeOptions(n_threads=args.threads, n_gpu_layers=args.gpu_layers)
+    clf = Classifier(spec, options)
     clf.classify(texts[0])  # warm caches
 
     results: dict[str, Any] = {"limit": line_limit(clf, texts)}
-    results["naive"] = line_naive(spec, clf, texts, args.threads)
+    results["naive"] = line_naive(spec, clf, texts, options, confidence=True)
+    results["naive_text_only"] = line_naive(spec, clf, texts, options, confidence=False)
     results["classify"] = line_classify(clf, texts)
+    if args.parallel > 1:
+        del clf
+        options = replace(options, parallel=args.parallel)
+        clf = Classifier(spec, options)
+        clf.classify_many(texts[:4])
+        results[f"classify_parallel_{args.parallel}"] = line_classify_many(clf, texts, 32)
     if not args.no_pipeline:
         del clf  # the worker process gets the cores to itself
-        results["pipeline"] = line_pipeline(args.model, texts, args.threads, taxonomy)
+        results["pipeline"] = line_pipeline(args.model, texts, options, taxonomy)
+        if args.scale:
+            results["pipeline_2_processes"] = line_pipeline(
+                args.model, texts, options, taxonomy, processes=2
+            )
     base = results["limit"]["docs_per_s"]
     for line in results.values():
         line["ratio_to_limit"] = round(line["docs_per_s"] / base, 3)
+    # The target ratio: the worker's function against the naive way to the same answer.
+    results["classify"]["ratio_to_naive"] = round(
+        results["classify"]["docs_per_s"] / results["naive"]["docs_per_s"], 2
+    )
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -229,11 +256,15 @@ def main() -> None:
         f"{args.docs} BANKING77 test queries, model {args.model}, "
         f"{args.threads} threads, {os.cpu_count()} cores"
     )
-    print(f"{'line':<10}{'docs/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'x limit':>10}")
-    for name, line in results.items():
-        print(
-            f"{name:<10}{line['docs_per_s']:>10.2f}{line['p50_ms']:>10.1f}{line['p95_ms']:>10.1f}{line['ratio_to_limit']:>10.3f}"
-        )
+    print_table(
+        ["line", "docs/s", "p50 ms", "p95 ms", "x limit"],
+        [
+            [name, f"{x['docs_per_s']:.2f}", f"{x['p50_ms']:.1f}", f"{x['p95_ms']:.1f}",
+             f"{x['ratio_to_limit']:.3f}"]
+            for name, x in results.items()
+        ],
+    )  # fmt: skip
+    print(f"classify / naive: {results['classify']['ratio_to_naive']:.2f} x")
 
 
 if __name__ == "__main__":
