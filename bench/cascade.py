@@ -110,14 +110,16 @@ def heldout_file(manifest: dict[str, Any], override: str | None) -> Path:
     return Path(recorded)
 
 
-def load_classifier(model: Path, labels: tuple[str, ...], threads: int) -> tuple[Classifier, Path]:
+def load_classifier(
+    model: Path, labels: tuple[str, ...], options: RuntimeOptions
+) -> tuple[Classifier, Path]:
     """The SLM as the worker loads it, and the GGUF whose vocabulary it uses."""
     gguf, adapter, manifest = load_model_dir(model)
     trained = manifest.get("labels")
     if trained is not None and tuple(trained) != labels:
         sys.exit(f"{model} was trained for another label list than the taxonomy's")
     spec = ModelSpec(str(gguf), labels, str(adapter) if adapter else None, manifest)
-    return Classifier(spec, RuntimeOptions(n_threads=threads)), gguf
+    return Classifier(spec, options), gguf
 
 
 def score_with_progress(clf: Classifier, examples: Examples, name: str) -> Scores:
@@ -127,8 +129,8 @@ def score_with_progress(clf: Classifier, examples: Examples, name: str) -> Score
 
     def advance(n: int) -> None:
         nonlocal done
-        done += n
-        if done % 100 == 0 or done == len(examples):
+        before, done = done, done + n
+        if done // 100 > before // 100 or done == len(examples):
             rate = done / (time.perf_counter() - start)
             print(f"  {name}: {done}/{len(examples)} ({rate:.1f} docs/s)", file=sys.stderr)
 
@@ -520,6 +522,10 @@ def parse_args() -> argparse.Namespace:
     target.add_argument("--kept-accuracy", type=float, default=None)
     parser.add_argument("--per-label", action="store_true")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--gpu-layers", type=int, default=0, help="-1: offload every layer")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="documents decoded together (GPU: 64 or more)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--json-out", default=None, help="also write the JSON to this file")
     return parser.parse_args()
@@ -615,6 +621,8 @@ def setup_report(
         "delay_ms": args.delay_ms,
         "concurrency": args.concurrency,
         "threads": args.threads,
+        "gpu_layers": args.gpu_layers,
+        "parallel": args.parallel,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -637,7 +645,10 @@ def stand_in_report(run: StandInRun) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     taxonomy = Taxonomy.from_file(args.taxonomy)
-    clf, gguf = load_classifier(Path(args.model), tuple(taxonomy.names), args.threads)
+    options = RuntimeOptions(
+        n_threads=args.threads, n_gpu_layers=args.gpu_layers, parallel=args.parallel
+    )
+    clf, gguf = load_classifier(Path(args.model), tuple(taxonomy.names), options)
     heldout_path = heldout_file(clf.spec.manifest, args.heldout)
     heldout = load_examples(heldout_path, "text", "label", taxonomy, None)
     data = load_examples(Path(args.data), args.text_column, args.label_column, taxonomy, args.limit)

@@ -64,12 +64,17 @@ def score(
     rows: list[npt.NDArray[np.float64]] = []
     latency: list[float] = []
     started = time.perf_counter()
-    for text, _ in examples:
-        result = clf.classify(text)
-        rows.append(result.logits)
-        latency.append(result.latency_ms)
+    # Chunks of ``parallel`` so that a model loaded for batched decoding (a GPU) is
+    # evaluated the way its workers serve it; with parallel 1 this is one at a time.
+    step = max(1, clf.options.parallel)
+    texts = [text for text, _ in examples]
+    for start in range(0, len(texts), step):
+        results = clf.classify_many(texts[start : start + step])
+        for result in results:
+            rows.append(result.logits)
+            latency.append(result.latency_ms)
         if on_progress:
-            on_progress(1)
+            on_progress(len(results))
     elapsed = time.perf_counter() - started
     width = len(clf.labels)
     return Scores(

@@ -91,6 +91,13 @@ def test_documents_decoded_together_get_the_distributions_they_get_alone(
     after = [batched.classify_many([other, texts[2]])[1] for other in (texts[0], texts[3])]
     assert len(single.document_tokens(texts[0])[0]) == len(single.document_tokens(texts[3])[0])
     np.testing.assert_array_equal(after[0].logits, after[1].logits)
+    # An evaluation decodes the way the model was loaded: ``parallel`` at a time.
+    from models.scores import score
+
+    seen: list[int] = []
+    scored = score(batched, [(t, labels[0]) for t in texts], seen.append)
+    assert scored.predicted == [a.label for a in alone]
+    assert seen == [8, 8, 6]
 
 
 def test_manifest_coding_must_match_the_labels(labels: tuple[str, ...]) -> None:
