@@ -118,31 +118,36 @@ def audited(doc_id: int, rate: float) -> bool:
     return rate > 0 and (doc_id * 2654435761 % 2**32) / 2**32 < rate
 
 
-def _classified(work: list[_Work]) -> list[tuple[_Work, Classification | str]]:
-    """Each document's classification, or why it has none. Documents of one model and
-    taxonomy are decoded together; if that fails, one by one, so that a document
-    llama.cpp cannot take is recorded as failed without taking its batch with it."""
-    out: list[tuple[_Work, Classification | str]] = []
+def _classified(work: list[_Work]) -> list[tuple[_Work, Classification | str, Taxonomy]]:
+    """Each document's classification, or why it has none, with its task's taxonomy.
+    Documents of one model and taxonomy are decoded together; if that fails, one by
+    one, so that a document llama.cpp cannot take is recorded as failed without taking
+    its batch with it."""
+    out: list[tuple[_Work, Classification | str, Taxonomy]] = []
     for _, group in groupby(work, key=lambda w: (w.version.id, w.task.name)):
         items = list(group)
+        taxonomy = task_taxonomy(items[0].task)
         try:
-            clf = get_classifier(items[0].version, task_taxonomy(items[0].task))
+            clf = get_classifier(items[0].version, taxonomy)
         except FatalError as exc:
-            out.extend((item, str(exc)) for item in items)
+            out.extend((item, str(exc), taxonomy) for item in items)
             continue
         try:
-            out.extend(zip(items, clf.classify_many([i.text for i in items]), strict=True))
+            results = clf.classify_many([i.text for i in items])
+            out.extend((i, r, taxonomy) for i, r in zip(items, results, strict=True))
             continue
         except Exception:
             log.exception("a batch of %d failed; classifying them one by one", len(items))
         for item in items:
+            outcome: Classification | str
             try:
-                out.append((item, clf.classify(item.text)))
+                outcome = clf.classify(item.text)
             except FatalError as exc:
-                out.append((item, str(exc)))
+                outcome = str(exc)
             except Exception as exc:  # llama.cpp failed on this document: record, go on
                 log.exception("document %d could not be classified", item.doc_id)
-                out.append((item, f"{type(exc).__name__}: {exc}"[:500]))
+                outcome = f"{type(exc).__name__}: {exc}"[:500]
+            out.append((item, outcome, taxonomy))
     return out
 
 
@@ -159,11 +164,10 @@ def process_batch(ids: list[int]) -> int:
     truncated: list[int] = []
     failed: dict[int, str] = {}
     thresholds: dict[int, dict[str, float]] = {}
-    for item, outcome in _classified(work):
+    for item, outcome, taxonomy in _classified(work):
         if isinstance(outcome, str):
             failed[item.doc_id] = outcome
             continue
-        taxonomy = task_taxonomy(item.task)
         if item.version.id not in thresholds:
             thresholds[item.version.id] = per_label_thresholds(item.version)
         limit = thresholds[item.version.id].get(outcome.label, item.run.threshold)
