@@ -14,6 +14,7 @@ from itertools import islice
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
 from models.registry import ensure_task, label_mismatch, resolve_model
@@ -65,27 +66,59 @@ def create_run(
         return run.id, task.queue or s.slm_queue
 
 
-def _store_chunk(
-    session: Session, run_id: int, records: list[Record]
-) -> tuple[list[int], list[Record]]:
+# Postgres: one array per column. A multi-row VALUES insert of a 1,000-document chunk has
+# 8,000 placeholders, and psycopg parses a statement that long afresh for every chunk
+# (half the producer's time); this statement is short and the same every time.
+_PG_INSERT_DOCUMENTS = sql_text(
+    """
+    INSERT INTO documents
+        (run_id, external_id, line_no, text, state, truncated, created_at, updated_at)
+    SELECT :run_id, u.external_id, u.line_no, u.text, :state, false, :now, :now
+    FROM unnest(CAST(:external_ids AS text[]), CAST(:line_nos AS integer[]),
+                CAST(:texts AS text[])) AS u(external_id, line_no, text)
+    ON CONFLICT (run_id, external_id) DO NOTHING
+    RETURNING id, external_id
+    """
+)
+
+
+def _insert_documents(session: Session, run_id: int, records: list[Record]) -> dict[str, int]:
+    """Insert ``records`` as queued documents, skipping ids the run already has;
+    returns the new documents' ids by external id."""
+    now = utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        params = {
+            "run_id": run_id,
+            "state": DocState.QUEUED.value,
+            "now": now,
+            "external_ids": [r.external_id for r in records],
+            "line_nos": [r.line_no for r in records],
+            "texts": [r.text for r in records],
+        }
+        return {ext: doc_id for doc_id, ext in session.execute(_PG_INSERT_DOCUMENTS, params)}
     stmt = insert_or_skip(session, Document, ["run_id", "external_id"]).returning(
         Document.id, Document.external_id
     )
-    now = utcnow()
     rows = [
         {
             "run_id": run_id,
             "external_id": r.external_id,
             "line_no": r.line_no,
             "text": r.text,
-            "state": "queued",
+            "state": DocState.QUEUED.value,
             "truncated": False,
             "created_at": now,
             "updated_at": now,
         }
         for r in records
     ]
-    stored = {ext: doc_id for doc_id, ext in session.execute(stmt, rows).all()}
+    return {ext: doc_id for doc_id, ext in session.execute(stmt, rows).all()}
+
+
+def _store_chunk(
+    session: Session, run_id: int, records: list[Record]
+) -> tuple[list[int], list[Record]]:
+    stored = _insert_documents(session, run_id, records)
     ids: list[int] = []
     duplicates: list[Record] = []
     for r in records:
