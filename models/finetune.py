@@ -166,7 +166,11 @@ def finetune(
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total = max(1, round(steps_per_epoch * config.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # The fused kernel: one launch per step instead of several per parameter tensor
+    # (a 135M model's steps on a GPU are bound by kernel launches, not arithmetic).
+    optim = torch.optim.AdamW(
+        params, lr=config.lr, weight_decay=config.weight_decay, fused=device == "cuda"
+    )
     warmup = max(1, round(total * config.warmup_frac))
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim,
