@@ -225,22 +225,30 @@ def main() -> None:
     clf = Classifier(spec, options)
     clf.classify(texts[0])  # warm caches
 
-    results: dict[str, Any] = {"limit": line_limit(clf, texts)}
-    results["naive"] = line_naive(spec, clf, texts, options, confidence=True)
-    results["naive_text_only"] = line_naive(spec, clf, texts, options, confidence=False)
-    results["classify"] = line_classify(clf, texts)
+    results: dict[str, Any] = {}
+
+    def record(name: str, line: dict[str, Any]) -> None:
+        # Each line as it ends, on stderr: a run cut short (a lent GPU's time) keeps those.
+        results[name] = line
+        print(f"{name}: {line['docs_per_s']:.2f} docs/s", file=sys.stderr, flush=True)
+
+    record("limit", line_limit(clf, texts))
+    record("naive", line_naive(spec, clf, texts, options, confidence=True))
+    record("naive_text_only", line_naive(spec, clf, texts, options, confidence=False))
+    record("classify", line_classify(clf, texts))
     if args.parallel > 1:
         del clf
         options = replace(options, parallel=args.parallel)
         clf = Classifier(spec, options)
         clf.classify_many(texts[:4])
-        results[f"classify_parallel_{args.parallel}"] = line_classify_many(clf, texts, 32)
+        record(f"classify_parallel_{args.parallel}", line_classify_many(clf, texts, 32))
     if not args.no_pipeline:
         del clf  # the worker process gets the cores to itself
-        results["pipeline"] = line_pipeline(args.model, texts, options, taxonomy)
+        record("pipeline", line_pipeline(args.model, texts, options, taxonomy))
         if args.scale:
-            results["pipeline_2_processes"] = line_pipeline(
-                args.model, texts, options, taxonomy, processes=2
+            record(
+                "pipeline_2_processes",
+                line_pipeline(args.model, texts, options, taxonomy, processes=2),
             )
     base = results["limit"]["docs_per_s"]
     for line in results.values():
