@@ -59,7 +59,8 @@ def stats(latencies_ms: list[float], wall_s: float) -> dict[str, float]:
 def line_limit(clf: Classifier, texts: list[str]) -> dict[str, float]:
     llm = clf._llm
     prefix = len(clf._prefix)
-    seqs = [clf._vocab.encode_document(t)[: clf._max_doc_tokens] + clf._suffix for t in texts]
+    # Exactly the worker's token sequences: its own truncation, then the answer cue.
+    seqs = [clf.document_tokens(t)[0] + clf._suffix for t in texts]
     latencies = []
     start = time.perf_counter()
     for seq in seqs:
