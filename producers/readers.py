@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal, cast
@@ -35,10 +36,14 @@ class Rejected:
     excerpt: str
 
 
+# Undecodable bytes (surrogateescape) and lone surrogates from JSON "\ud800" escapes
+# alike: neither can be stored as UTF-8. A regex scans in C; a per-character generator
+# was a sixth of the producer's time.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _has_bad_bytes(text: str) -> bool:
-    # Undecodable bytes (surrogateescape) and lone surrogates from JSON "\ud800"
-    # escapes alike: neither can be stored as UTF-8.
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+    return _SURROGATE.search(text) is not None
 
 
 def _excerpt(text: str) -> str:

@@ -76,7 +76,11 @@ def dispatch(name: str, args: list[Any], queue: str | None = None, producer: Any
         app.loader.import_default_modules()
         app.tasks[name].apply(args=args)
     else:
-        app.send_task(name, args=args, queue=queue, producer=producer)
+        # Arguments are only ids: their plain repr is what Flower shows, without the
+        # cost of Celery's guarded saferepr (a tenth of the producer's time).
+        app.send_task(
+            name, args=args, queue=queue, producer=producer, argsrepr=repr(args), kwargsrepr="{}"
+        )
 
 
 def queue_depth(queue: str) -> int:
