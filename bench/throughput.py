@@ -18,7 +18,7 @@ Each line reports docs/s, per-document p50/p95 latency, and its ratio to line 1.
 Needs Redis and Postgres for line 4 (``--no-pipeline`` skips it).
 
     python bench/throughput.py --docs 300 [--model demo/banking77-lora] [--scale]
-        [--parallel N] [--gpu-layers -1] [--json]
+        [--parallel N[,N...]] [--gpu-layers -1] [--json]
 
 ``bench/gpu.sh`` builds llama-cpp-python with CUDA and runs lines 1 and 3 on a GPU.
 """
@@ -205,10 +205,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--parallel",
-        type=int,
-        default=1,
-        help="Also measure classify_many with this many documents per decode (and run the "
-        "pipeline with it).",
+        type=lambda v: [int(n) for n in v.split(",")],
+        default=[1],
+        help="Also measure classify_many with this many documents per decode, in tasks of "
+        "at least 32 and at least as many (a comma-separated list measures each; the "
+        "pipeline runs with the last).",
     )
     parser.add_argument("--gpu-layers", type=int, default=0, help="-1: offload every layer.")
     parser.add_argument("--json", action="store_true")
@@ -237,12 +238,15 @@ def main() -> None:
     record("naive", line_naive(spec, clf, texts, options, confidence=True))
     record("naive_text_only", line_naive(spec, clf, texts, options, confidence=False))
     record("classify", line_classify(clf, texts))
-    if args.parallel > 1:
+    for parallel in (n for n in args.parallel if n > 1):
         del clf
-        options = replace(options, parallel=args.parallel)
+        options = replace(options, parallel=parallel)
         clf = Classifier(spec, options)
         clf.classify_many(texts[:4])
-        record(f"classify_parallel_{args.parallel}", line_classify_many(clf, texts, 32))
+        # A worker decodes at most one task at a time: a GPU worker's tasks are submitted
+        # at least as large as its parallel (README, GPU workers).
+        per_task = max(32, parallel)
+        record(f"classify_parallel_{parallel}", line_classify_many(clf, texts, per_task))
     if not args.no_pipeline:
         del clf  # the worker process gets the cores to itself
         record("pipeline", line_pipeline(args.model, texts, options, taxonomy))
