@@ -7,6 +7,7 @@ Documents are committed before their task is sent, so a worker always finds them
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from kombu.exceptions import BatchPublishError
 from sqlalchemy import insert
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
@@ -27,6 +29,8 @@ from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
 from workers.app import TASK_FRONTIER, TASK_SLM, app, dispatch, queue_depth
 from workers.store import move_documents
+
+log = logging.getLogger(__name__)
 
 # Documents per transaction (rounded down to whole tasks); tasks are cut from each chunk
 # after it commits.
@@ -203,6 +207,52 @@ def _batched(producer: Any) -> Iterator[Callable[[], None]]:
             yield batch.flush
 
 
+def _publish_tasks(
+    ids: list[int],
+    queue: str,
+    producer: Any,
+    room: int,
+    on_progress: Callable[[int], None] | None,
+    batched: bool,
+) -> int:
+    s = get_settings()
+    with _batched(producer if batched else None) as flush:
+        for i in range(0, len(ids), s.slm_batch_size):
+            batch = ids[i : i + s.slm_batch_size]
+            # Backpressure: the queue is asked for its depth only once the room it last
+            # reported is used up (workers only ever make more); what is buffered goes
+            # first, so that the depth counts it.
+            while room <= 0:
+                flush()
+                room = s.max_queue_depth - queue_depth(queue)
+                if room <= 0:
+                    time.sleep(0.2)
+            dispatch(TASK_SLM, [batch], queue, producer)
+            room -= 1
+            if on_progress:
+                on_progress(len(batch))
+    return room
+
+
+def _send_tasks(
+    ids: list[int],
+    queue: str,
+    producer: Any,
+    room: int,
+    on_progress: Callable[[int], None] | None,
+) -> int:
+    """Send the SLM tasks of ``ids``, documents already committed, in one pipeline;
+    returns the room left on the queue."""
+    try:
+        return _publish_tasks(ids, queue, producer, room, on_progress, batched=True)
+    except BatchPublishError as exc:
+        # A pipeline is not retried, and whether it reached Redis is unknown: the chunk
+        # goes again one task at a time, each with Celery's publish retries. A task sent
+        # twice finds its documents done, so nothing is classified or billed twice.
+        log.warning("publishing %d documents' tasks again one by one: %s", len(ids), exc)
+        return _publish_tasks(ids, queue, producer, room, None, batched=False)
+
+
 def _chunks(items: Iterable[Record | Rejected], size: int) -> Iterator[list[Record | Rejected]]:
     it = iter(items)
     while chunk := list(islice(it, size)):
@@ -250,22 +300,7 @@ def submit_records(
                 if on_progress:
                     on_progress(len(ids))
                 continue
-            # The chunk's tasks leave in one pipeline, after its documents are committed.
-            with _batched(producer) as flush:
-                for i in range(0, len(ids), s.slm_batch_size):
-                    batch = ids[i : i + s.slm_batch_size]
-                    # Backpressure: the queue is asked for its depth only once the room it
-                    # last reported is used up (workers only ever make more); what is
-                    # buffered goes first, so that the depth counts it.
-                    while room <= 0:
-                        flush()
-                        room = s.max_queue_depth - queue_depth(queue)
-                        if room <= 0:
-                            time.sleep(0.2)
-                    dispatch(TASK_SLM, [batch], queue, producer)
-                    room -= 1
-                    if on_progress:
-                        on_progress(len(batch))
+            room = _send_tasks(ids, queue, producer, room, on_progress)
     with session_scope() as session:
         run = session.get_one(Run, run_id)
         run.n_submitted = result.submitted

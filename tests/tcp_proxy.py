@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 @dataclass
 class TcpProxy:
     """Forwards 127.0.0.1:``port`` to ``target``; ``cut()`` drops every connection and
-    refuses new ones until ``restore()``."""
+    refuses new ones until ``restore()``; ``drop(refuse=n)`` drops every connection and
+    closes the next ``n`` as they arrive."""
 
     target: tuple[str, int]
     port: int = 0
     _listener: socket.socket | None = None
     _conns: list[socket.socket] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _refuse: int = 0
 
     def start(self) -> TcpProxy:
         listener = socket.socket()
@@ -39,6 +41,11 @@ class TcpProxy:
             if listener is not self._listener:  # cut while this accept was under way
                 client.close()
                 return
+            with self._lock:
+                refuse, self._refuse = self._refuse > 0, max(0, self._refuse - 1)
+            if refuse:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target)
             except OSError:
@@ -61,6 +68,13 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
 
+    def drop(self, refuse: int = 0) -> None:
+        """Drop every open connection, and close the next ``refuse`` ones on arrival."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+            self._refuse = refuse
+        self._close(conns)
+
     def cut(self) -> None:
         """Drop every open connection and stop listening."""
         listener, self._listener = self._listener, None
@@ -72,6 +86,10 @@ class TcpProxy:
             listener.close()
         with self._lock:
             conns, self._conns = self._conns, []
+        self._close(conns)
+
+    @staticmethod
+    def _close(conns: list[socket.socket]) -> None:
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)

@@ -1,7 +1,8 @@
 """The producer's promise on the real Postgres and Redis, now that a chunk's tasks leave in
 one pipeline and the next chunk is stored while this one is published: a task is sent only
-for documents already committed, in input order, and a chunk that cannot be stored stops
-the submission without sending anything for it."""
+for documents already committed, in input order; a chunk that cannot be stored stops the
+submission without sending anything for it; a pipeline lost to a broker blip is sent again
+task by task."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from shiftdown.db import session_scope
 from shiftdown.schema import Document
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
+from tests.tcp_proxy import TcpProxy
 
 
 def _sent(client: redis.Redis, queue: str) -> list[list[int]]:
@@ -87,3 +89,47 @@ def test_every_document_is_sent_once(
         ).all()
     assert [doc_id for task in sent for doc_id in task] == list(stored)
     assert len(stored) == n
+
+
+def test_a_broker_blip_mid_chunk_costs_no_task(
+    use_settings: Callable[..., None],
+    pg_url: str,
+    redis_url: str,
+    banking_taxonomy: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = TcpProxy(("127.0.0.1", 6379)).start()
+    use_settings(
+        SHIFTDOWN_DATABASE_URL=pg_url,
+        SHIFTDOWN_BROKER_URL=redis_url.replace(":6379", f":{proxy.port}"),
+    )
+    assert CliRunner().invoke(cli, ["db", "upgrade"]).exit_code == 0
+    s = get_settings()
+    run_id, queue = create_run("producer", Taxonomy.from_file(banking_taxonomy), None, "test")
+    per_chunk = CHUNK // s.slm_batch_size
+    n = 3 * per_chunk * s.slm_batch_size
+    records = [Record(i + 1, f"d{i}", f"query number {i}") for i in range(n)]
+    tasks = 0
+
+    def blip(_docs: int) -> None:
+        nonlocal tasks
+        tasks += 1
+        if tasks == per_chunk + 1:
+            # The second chunk's first task is buffered: its connections go, and the next
+            # two to arrive are closed, so the pipeline fails where it is sent (redis-py
+            # would reconnect once on its own).
+            proxy.drop(refuse=2)
+
+    try:
+        result = submit_records(run_id, iter(records), queue, on_progress=blip)
+    finally:
+        proxy.cut()
+
+    assert result.submitted == n
+    assert any("again one by one" in r.getMessage() for r in caplog.records)
+    sent = _sent(redis.Redis.from_url(redis_url), queue)
+    with session_scope() as session:
+        stored = session.scalars(
+            select(Document.id).where(Document.run_id == run_id).order_by(Document.line_no)
+        ).all()
+    assert [doc_id for task in sent for doc_id in task] == list(stored)
