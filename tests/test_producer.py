@@ -27,6 +27,21 @@ from shiftdown.taxonomy import Taxonomy
 from tests.tcp_proxy import TcpProxy
 
 
+def _new_run(taxonomy: Path) -> tuple[int, str]:
+    assert CliRunner().invoke(cli, ["db", "upgrade"]).exit_code == 0
+    return create_run("producer", Taxonomy.from_file(taxonomy), None, "test")
+
+
+def _stored(run_id: int) -> list[int]:
+    """The run's documents' ids in input order."""
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(Document.id).where(Document.run_id == run_id).order_by(Document.line_no)
+            )
+        )
+
+
 def _sent(client: redis.Redis, queue: str) -> list[list[int]]:
     """The document ids of every task on ``queue``, oldest first, checked against the
     ``argsrepr`` Flower shows."""
@@ -43,9 +58,8 @@ def test_tasks_name_only_committed_documents_and_a_failed_chunk_sends_nothing(
     use_settings: Callable[..., None], pg_url: str, redis_url: str, banking_taxonomy: Path
 ) -> None:
     use_settings(SHIFTDOWN_DATABASE_URL=pg_url, SHIFTDOWN_BROKER_URL=redis_url)
-    assert CliRunner().invoke(cli, ["db", "upgrade"]).exit_code == 0
+    run_id, queue = _new_run(banking_taxonomy)
     s = get_settings()
-    run_id, queue = create_run("producer", Taxonomy.from_file(banking_taxonomy), None, "test")
     size = s.slm_batch_size * (CHUNK // s.slm_batch_size)
     records = [Record(i + 1, f"d{i}", f"query number {i}") for i in range(3 * size)]
     # Postgres refuses NUL in text; the readers refuse it first, so only a caller that
@@ -57,14 +71,12 @@ def test_tasks_name_only_committed_documents_and_a_failed_chunk_sends_nothing(
 
     client = redis.Redis.from_url(redis_url)
     sent = _sent(client, queue)
+    stored = _stored(run_id)
     with session_scope() as session:
-        stored = session.scalars(
-            select(Document.id).where(Document.run_id == run_id).order_by(Document.line_no)
-        ).all()
         assert session.scalar(select(func.count()).where(Document.external_id == "nul")) == 0
     # The first chunk, whole, in tasks of slm_batch_size in input order; nothing of the
     # second; the third may have been stored ahead, but never sent.
-    assert [doc_id for task in sent for doc_id in task] == list(stored[:size])
+    assert [doc_id for task in sent for doc_id in task] == stored[:size]
     assert all(len(task) == s.slm_batch_size for task in sent)
     assert len(stored) in (size, 2 * size)
 
@@ -73,8 +85,7 @@ def test_every_document_is_sent_once(
     use_settings: Callable[..., None], pg_url: str, redis_url: str, banking_taxonomy: Path
 ) -> None:
     use_settings(SHIFTDOWN_DATABASE_URL=pg_url, SHIFTDOWN_BROKER_URL=redis_url)
-    assert CliRunner().invoke(cli, ["db", "upgrade"]).exit_code == 0
-    run_id, queue = create_run("producer", Taxonomy.from_file(banking_taxonomy), None, "test")
+    run_id, queue = _new_run(banking_taxonomy)
     n = 2 * CHUNK + 77  # chunks stored ahead, and a short last task
     records = [Record(i + 1, f"d{i}", f"query number {i}") for i in range(n)]
     records.append(Record(n + 1, "d3", "a duplicate id"))
@@ -83,11 +94,8 @@ def test_every_document_is_sent_once(
 
     assert (result.submitted, result.duplicates, result.rejected) == (n, 1, 1)
     sent = _sent(redis.Redis.from_url(redis_url), queue)
-    with session_scope() as session:
-        stored = session.scalars(
-            select(Document.id).where(Document.run_id == run_id).order_by(Document.line_no)
-        ).all()
-    assert [doc_id for task in sent for doc_id in task] == list(stored)
+    stored = _stored(run_id)
+    assert [doc_id for task in sent for doc_id in task] == stored
     assert len(stored) == n
 
 
@@ -103,9 +111,8 @@ def test_a_broker_blip_mid_chunk_costs_no_task(
         SHIFTDOWN_DATABASE_URL=pg_url,
         SHIFTDOWN_BROKER_URL=redis_url.replace(":6379", f":{proxy.port}"),
     )
-    assert CliRunner().invoke(cli, ["db", "upgrade"]).exit_code == 0
+    run_id, queue = _new_run(banking_taxonomy)
     s = get_settings()
-    run_id, queue = create_run("producer", Taxonomy.from_file(banking_taxonomy), None, "test")
     per_chunk = CHUNK // s.slm_batch_size
     n = 3 * per_chunk * s.slm_batch_size
     records = [Record(i + 1, f"d{i}", f"query number {i}") for i in range(n)]
@@ -128,8 +135,5 @@ def test_a_broker_blip_mid_chunk_costs_no_task(
     assert result.submitted == n
     assert any("again one by one" in r.getMessage() for r in caplog.records)
     sent = _sent(redis.Redis.from_url(redis_url), queue)
-    with session_scope() as session:
-        stored = session.scalars(
-            select(Document.id).where(Document.run_id == run_id).order_by(Document.line_no)
-        ).all()
-    assert [doc_id for task in sent for doc_id in task] == list(stored)
+    stored = _stored(run_id)
+    assert [doc_id for task in sent for doc_id in task] == stored
