@@ -229,7 +229,7 @@ def _publish_tasks(
                 room = s.max_queue_depth - queue_depth(queue)
                 if room <= 0:
                     time.sleep(0.2)
-            dispatch(TASK_SLM, [batch], queue, producer)
+            dispatch(TASK_SLM, [batch], queue, producer, declare=i == 0)
             room -= 1
             if on_progress:
                 on_progress(len(batch))

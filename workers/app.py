@@ -70,8 +70,18 @@ def run_in_process() -> None:
     app.conf.task_always_eager = True
 
 
-def dispatch(name: str, args: list[Any], queue: str | None = None, producer: Any = None) -> None:
-    """Send task ``name`` to its queue, or run it inline in embedded mode."""
+def dispatch(
+    name: str,
+    args: list[Any],
+    queue: str | None = None,
+    producer: Any = None,
+    declare: bool = True,
+) -> None:
+    """Send task ``name`` to its queue, or run it inline in embedded mode.
+
+    ``declare=False`` skips declaring the queue, for a producer that has just declared
+    it: Celery declares on every message, a tenth of a bulk producer's time.
+    """
     if app.conf.task_always_eager:
         app.loader.import_default_modules()
         app.tasks[name].apply(args=args)
@@ -79,7 +89,13 @@ def dispatch(name: str, args: list[Any], queue: str | None = None, producer: Any
         # Arguments are only ids: their plain repr is what Flower shows, without the
         # cost of Celery's guarded saferepr (a tenth of the producer's time).
         app.send_task(
-            name, args=args, queue=queue, producer=producer, argsrepr=repr(args), kwargsrepr="{}"
+            name,
+            args=args,
+            queue=queue,
+            producer=producer,
+            argsrepr=repr(args),
+            kwargsrepr="{}",
+            **({} if declare else {"declare": []}),
         )
 
 
