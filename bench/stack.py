@@ -16,6 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("SHIFTDOWN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Not the tests' database (15): a benchmark may run beside a test suite's Redis use.
 BROKER = os.environ.get("SHIFTDOWN_BENCH_REDIS", "redis://127.0.0.1:6379/14")
+# The pid of the benchmark using BROKER (flushed with it when that benchmark ends).
+LOCK = "shiftdown:bench:pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process, alive
+    return True
 
 
 @contextmanager
@@ -25,11 +37,20 @@ def scratch_stack(**settings: str) -> Iterator[dict[str, str]]:
     import psycopg
     import redis
 
+    client = redis.Redis.from_url(BROKER)
+    holder = client.get(LOCK)
+    if holder is not None and _alive(int(holder)):
+        # Flushing under a running benchmark empties its queue: it would wait forever.
+        raise SystemExit(
+            f"benchmark process {int(holder)} is using {BROKER}: wait for it, or set "
+            "SHIFTDOWN_BENCH_REDIS to another Redis database"
+        )
     name = f"shiftdown_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    redis.Redis.from_url(BROKER).flushdb()
+    client.flushdb()
+    client.set(LOCK, os.getpid())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIFTDOWN_", "OPENAI_"))}
     env.update(SHIFTDOWN_DATABASE_URL=url, SHIFTDOWN_BROKER_URL=BROKER, **settings)
     saved = dict(os.environ)
