@@ -55,7 +55,7 @@ if ! ls "$toolkit"/lib*/libcublas.so "$toolkit"/targets/*/lib/libcublas.so >/dev
   echo "cuBLAS from $wheel_dir"
 fi
 # The driver itself where the toolkit has no stub to link against: linking the real
-# libcuda keeps the dependency (an empty stub lost it to --as-needed, session 4).
+# libcuda keeps the dependency (an empty stub lost it to --as-needed in an earlier build).
 if ! ls "$toolkit"/lib*/stubs/libcuda.so "$toolkit"/targets/*/lib/stubs/libcuda.so \
   >/dev/null 2>&1; then
   driver=$(ldconfig -p | awk '/libcuda\.so\.1 /{print $NF; exit}')
