@@ -95,7 +95,8 @@ def dispatch(
             producer=producer,
             argsrepr=repr(args),
             kwargsrepr="{}",
-            **({} if declare else {"declare": []}),
+            # None: Celery's default, the message's own queue; []: nothing.
+            declare=None if declare else [],
         )
 
 
