@@ -4,7 +4,8 @@ a calibrated probability for every label of the task.
 The fixed instruction text before the document is evaluated once and kept in the KV
 cache; each document then costs only its own tokens plus the short answer cue.
 ``classify_many`` packs several documents, each its own sequence sharing the cached
-prefix, into one ``llama_decode``: on a GPU that is where the throughput comes from.
+prefix, into one ``llama_decode`` (``models.batched``): on a GPU that is where the
+throughput comes from.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.batched import BatchedDecoder, check_parallel
 from models.coding import (
     ANSWER_PREFIX,
     PLAIN_TEMPLATE,
@@ -40,6 +42,15 @@ class RuntimeOptions:
     max_text_chars: int = 20_000
     # Documents decoded together by classify_many (1: one at a time).
     parallel: int = 1
+    # Tokens of one batched decode, documents and answer cues together (None: 32 per
+    # parallel document, at least n_batch).
+    decode_tokens: int | None = None
+    flash_attn: bool = True
+
+    @property
+    def decode_budget(self) -> int:
+        """Tokens one batched decode may hold."""
+        return self.decode_tokens or max(self.n_batch, 32 * self.parallel)
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,15 @@ class ModelSpec:
     labels: tuple[str, ...]
     adapter_path: str | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One document tokenized for a decode: its tokens followed by the answer cue."""
+
+    tokens: npt.NDArray[np.int32]
+    n_doc: int
+    truncated: bool
 
 
 @dataclass(frozen=True)
@@ -99,6 +119,7 @@ class Classifier:
     def __init__(self, spec: ModelSpec, options: RuntimeOptions) -> None:
         from llama_cpp import Llama
 
+        check_parallel(options.parallel)
         if not Path(spec.gguf_path).is_file():
             raise ModelError(f"model file not found: {spec.gguf_path}")
         try:
@@ -110,6 +131,7 @@ class Classifier:
                 n_threads_batch=options.n_threads,
                 n_batch=options.n_batch,
                 n_gpu_layers=options.n_gpu_layers,
+                flash_attn=options.flash_attn,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
@@ -124,15 +146,23 @@ class Classifier:
         prefix, suffix = self.template.split(self.labels)
         self._prefix = self._vocab.encode_fixed(prefix, first=True)
         self._suffix = self._vocab.encode_fixed(suffix, first=False)
+        self._suffix_array = np.asarray(self._suffix, dtype=np.int32)
         self.codes = self._codes(spec.manifest)
         self._code_index = np.asarray(self.codes, dtype=np.intp)
+        self._n_vocab = int(self._llm.n_vocab())
         self._max_doc_tokens = options.n_ctx - len(self._prefix) - len(self._suffix)
         if self._max_doc_tokens < 16:
             raise ModelError(
                 f"n_ctx={options.n_ctx} leaves no room for documents after the "
                 f"{len(self._prefix)}-token instruction; raise SHIFTDOWN_N_CTX"
             )
-        self._batched = _BatchedContext(self) if options.parallel > 1 else None
+        self._batched = (
+            BatchedDecoder(
+                self._llm, self._prefix, options.parallel, options.decode_budget, options.flash_attn
+            )
+            if options.parallel > 1
+            else None
+        )
         # Decoding together, the one-at-a-time context serves only documents too long
         # for a batch: its prefix is evaluated when the first of them comes.
         self._prefix_ready = False
@@ -161,162 +191,114 @@ class Classifier:
     def document_tokens(self, text: str) -> tuple[list[int], bool]:
         """The document's tokens as the model sees them, and whether they were cut: at
         ``max_text_chars`` characters, then at what the context leaves after the prompt."""
-        truncated = len(text) > self.options.max_text_chars
-        doc = self._vocab.encode_document(text[: self.options.max_text_chars])
-        if len(doc) > self._max_doc_tokens:
-            doc = doc[: self._max_doc_tokens]
-            truncated = True
-        return doc, truncated
+        doc, truncated = self._document(text)
+        return doc.tolist(), truncated
 
-    def _result(
-        self, logits_ptr: Any, n_doc: int, truncated: bool, latency_ms: float
-    ) -> Classification:
-        logits = np.ctypeslib.as_array(logits_ptr, shape=(self._llm.n_vocab(),))
-        label_logits = logits[self._code_index].astype(np.float64)
-        probs = softmax(label_logits / self.temperature)
-        best = int(np.argmax(probs))
-        return Classification(
-            label=self.labels[best],
-            confidence=float(probs[best]),
-            probs=probs,
-            logits=label_logits,
-            latency_ms=latency_ms,
-            prompt_tokens=len(self._prefix) + n_doc + len(self._suffix),
-            truncated=truncated,
+    @property
+    def suffix_tokens(self) -> list[int]:
+        """The answer cue's tokens, appended to every document."""
+        return list(self._suffix)
+
+    def _document(self, text: str) -> tuple[npt.NDArray[np.int32], bool]:
+        tokens, _, truncated = self._tokens(text, None)
+        return tokens, truncated
+
+    def _tokens(
+        self, text: str, tail: npt.NDArray[np.int32] | None
+    ) -> tuple[npt.NDArray[np.int32], int, bool]:
+        limit = self.options.max_text_chars
+        tokens, n, cut = self._vocab.document_array(text[:limit], self._max_doc_tokens, tail)
+        return tokens, n, cut or len(text) > limit
+
+    def prepare(self, text: str) -> Prepared:
+        """Tokenize one document for a decode. Safe from any thread (llama.cpp's
+        tokenizer runs without the GIL), so callers can prepare while another decodes."""
+        return Prepared(*self._tokens(text, self._suffix_array))
+
+    def fits(self, group: Sequence[Prepared], used: int, item: Prepared) -> bool:
+        """Whether ``item`` may join a decode that holds ``group`` (``used`` tokens):
+        at most ``parallel`` documents within the token budget. A document longer than
+        the budget, or any document without a batched context, is decoded alone."""
+        if not group:
+            return True
+        batched = self._batched
+        return (
+            batched is not None
+            and len(group) < batched.parallel
+            and used + len(item.tokens) <= batched.budget
         )
 
-    def classify(self, text: str) -> Classification:
-        """The distribution over every label for one document."""
+    def decode(self, group: Sequence[Prepared]) -> list[Classification]:
+        """One decode of ``group`` (documents that ``fits`` put together), in order. Each
+        result's latency is its share of the decode."""
+        batched = self._batched
+        if len(group) == 1 and (batched is None or len(group[0].tokens) > batched.budget):
+            return [self._decode_alone(group[0])]
+        if batched is None:
+            raise ModelError("this model was loaded to decode one document at a time")
+        start = time.perf_counter()
+        logits = batched.decode([p.tokens for p in group], self._code_index)
+        share = (time.perf_counter() - start) * 1000.0 / len(group)
+        return self._results(logits, group, share)
+
+    def _results(
+        self, logits: npt.NDArray[np.float64], group: Sequence[Prepared], latency_ms: float
+    ) -> list[Classification]:
+        """Results from a (documents x labels) matrix of raw label logits, all at once."""
+        scaled = logits / self.temperature
+        scaled -= scaled.max(axis=1, keepdims=True)
+        probs = np.exp(scaled)
+        probs /= probs.sum(axis=1, keepdims=True)
+        best = probs.argmax(axis=1)
+        confidence = probs[np.arange(len(best)), best].tolist()
+        fixed = len(self._prefix) + len(self._suffix)
+        labels = self.labels
+        return [
+            Classification(
+                label=labels[b],
+                confidence=c,
+                probs=probs[i],
+                logits=logits[i],
+                latency_ms=latency_ms,
+                prompt_tokens=fixed + p.n_doc,
+                truncated=p.truncated,
+            )
+            for i, (b, c, p) in enumerate(zip(best.tolist(), confidence, group, strict=True))
+        ]
+
+    def _decode_alone(self, item: Prepared) -> Classification:
         from llama_cpp import llama_get_logits_ith
 
         self._ready_prefix()
         start = time.perf_counter()
-        doc, truncated = self.document_tokens(text)
         # Rewind to the end of the cached prefix; eval() drops the KV cells past it.
         self._llm.n_tokens = len(self._prefix)
-        self._llm.eval(doc + self._suffix)
-        return self._result(
-            llama_get_logits_ith(self._llm.ctx, -1),
-            len(doc),
-            truncated,
-            (time.perf_counter() - start) * 1000.0,
-        )
+        self._llm.eval(item.tokens.tolist())
+        row = np.ctypeslib.as_array(llama_get_logits_ith(self._llm.ctx, -1), shape=(self._n_vocab,))
+        logits = row[self._code_index].astype(np.float64)[None, :]
+        latency = (time.perf_counter() - start) * 1000.0
+        return self._results(logits, [item], latency)[0]
+
+    def classify(self, text: str) -> Classification:
+        """The distribution over every label for one document."""
+        return self._decode_alone(self.prepare(text))
 
     def classify_many(self, texts: Sequence[str]) -> list[Classification]:
         """Distributions for several documents, in order: decoded ``parallel`` at a time
-        when the model was loaded with ``parallel > 1``, else one by one. Each result's
-        latency is its share of the decode it was part of."""
-        if self._batched is None:
-            return [self.classify(t) for t in texts]
-        return self._batched.classify(texts)
-
-
-class _BatchedContext:
-    """A second llama.cpp context over the same weights in which every document is its
-    own sequence: the instruction prefix is sequence 0, evaluated once; each batch
-    shares its cells with sequences 1..n (a unified KV cache makes that a bookkeeping
-    step, not a copy), appends each document and the answer cue, decodes them all in one
-    ``llama_decode``, reads each sequence's last logits, and drops the sequences."""
-
-    def __init__(self, clf: Classifier) -> None:
-        import ctypes
-
-        import llama_cpp
-        from llama_cpp._internals import LlamaBatch, LlamaContext
-
-        llm = clf._llm
-        self.clf = clf
-        self.parallel = clf.options.parallel
-        # Tokens one decode may hold; documents longer than this go one by one.
-        self.budget = clf.options.n_batch
-        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
-        params.n_seq_max = self.parallel + 1
-        params.kv_unified = True
-        params.n_ctx = len(clf._prefix) + self.budget
-        params.n_batch = params.n_ubatch = self.budget
-        try:
-            self.ctx = LlamaContext(model=llm._model, params=params, verbose=False)
-        except ValueError as exc:
-            raise ModelError(f"llama.cpp could not make a batched context: {exc}") from exc
-        adapter = getattr(llm, "_lora_adapter", None)
-        if adapter is not None:
-            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
-            scales = (ctypes.c_float * 1)(llm.lora_scale)
-            if llama_cpp.llama_set_adapters_lora(self.ctx.ctx, adapters, 1, scales):
-                raise ModelError("llama.cpp could not apply the LoRA adapter to a batch")
-        self.batch = LlamaBatch(n_tokens=self.budget, embd=0, n_seq_max=1, verbose=False)
-        # The prefix (the label list, for a zero-shot prompt) may exceed one decode.
-        for at in range(0, len(clf._prefix), self.budget):
-            self._fill([(0, clf._prefix[at : at + self.budget], at)])
-            self._decode()
-
-    def _fill(self, seqs: list[tuple[int, list[int], int]]) -> list[int]:
-        """Put (sequence, tokens, first position) into the batch; returns the index of
-        each sequence's last token, the only one whose logits are computed."""
-        b = self.batch.batch
-        n = 0
-        last = []
-        for seq, tokens, pos in seqs:
-            for i, token in enumerate(tokens):
-                b.token[n] = token
-                b.pos[n] = pos + i
-                b.seq_id[n][0] = seq
-                b.n_seq_id[n] = 1
-                b.logits[n] = i == len(tokens) - 1
-                n += 1
-            last.append(n - 1)
-        b.n_tokens = n
-        return last
-
-    def _decode(self) -> None:
-        import llama_cpp
-
-        code = llama_cpp.llama_decode(self.ctx.ctx, self.batch.batch)
-        if code != 0:
-            raise ModelError(f"llama_decode failed with code {code}")
-
-    def classify(self, texts: Sequence[str]) -> list[Classification]:
-        import llama_cpp
-
-        clf = self.clf
-        prefix, suffix = len(clf._prefix), clf._suffix
-        results: list[Classification | None] = [None] * len(texts)
-        group: list[tuple[int, list[int], bool]] = []
+        (and at most the decode's token budget) when the model was loaded with
+        ``parallel > 1``, else one by one."""
+        results: list[Classification] = []
+        group: list[Prepared] = []
         used = 0
-
-        def flush() -> None:
-            start = time.perf_counter()
-            mem = self.ctx.memory
-            for seq in range(1, len(group) + 1):
-                llama_cpp.llama_memory_seq_cp(mem, 0, seq, -1, -1)
-            try:
-                last = self._fill(
-                    [(k + 1, doc + suffix, prefix) for k, (_, doc, _) in enumerate(group)]
-                )
-                self._decode()
-                share = (time.perf_counter() - start) * 1000.0 / len(group)
-                for (index, doc, truncated), at in zip(group, last, strict=True):
-                    ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, at)
-                    results[index] = clf._result(ptr, len(doc), truncated, share)
-            finally:
-                for seq in range(1, len(group) + 1):
-                    llama_cpp.llama_memory_seq_rm(mem, seq, -1, -1)
-            group.clear()
-
-        for index, text in enumerate(texts):
-            doc, truncated = clf.document_tokens(text)
-            need = len(doc) + len(suffix)
-            if need > self.budget:
-                results[index] = clf.classify(text)
-                continue
-            if group and (used + need > self.budget or len(group) == self.parallel):
-                flush()
-                used = 0
-            group.append((index, doc, truncated))
-            used += need
+        for item in map(self.prepare, texts):
+            if not self.fits(group, used, item):
+                results += self.decode(group)
+                group, used = [], 0
+            group.append(item)
+            used += len(item.tokens)
         if group:
-            flush()
-        return [r for r in results if r is not None]
+            results += self.decode(group)
+        return results
 
 
 def softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

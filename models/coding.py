@@ -12,10 +12,15 @@ worker use the same one by construction.
 
 from __future__ import annotations
 
+import ctypes
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from shiftdown.errors import ModelError
 
@@ -110,6 +115,8 @@ class Vocab:
 
     def __init__(self, llm: Any) -> None:
         self.llm = llm
+        self._vocab_ptr = llm._model.vocab
+        self._local = threading.local()
 
     def encode_fixed(self, text: str, first: bool) -> list[int]:
         """Template text: special tokens allowed, BOS only at the very start."""
@@ -117,9 +124,49 @@ class Vocab:
 
     def encode_document(self, text: str) -> list[int]:
         """Document text: never parsed for special tokens, so it cannot inject any."""
-        return list(
-            self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False)
-        )
+        tokens: list[int] = self.document_array(text)[0].tolist()
+        return tokens
+
+    def document_array(
+        self, text: str, limit: int | None = None, tail: npt.NDArray[np.int32] | None = None
+    ) -> tuple[npt.NDArray[np.int32], int, bool]:
+        """``encode_document`` as an int32 array through llama.cpp's tokenizer directly:
+        at most ``limit`` document tokens, followed by ``tail`` (the answer cue). Returns
+        the array, the document's token count and whether ``limit`` cut it.
+
+        ``Llama.tokenize`` allocates and zeroes a buffer of the model's whole training
+        context (8,192 tokens for SmolLM2) on every call and copies the answer into a
+        list; numpy's ctypes pointers cost as much again. Each thread here keeps one
+        ctypes buffer, grown as needed (a text never has more tokens than bytes), so a
+        call is llama.cpp's tokenizer and a copy, and it runs without the GIL: worker
+        threads tokenize in parallel.
+        """
+        import llama_cpp
+
+        data = text.encode("utf-8", "replace")
+        buf = self._buffer(len(data) + 1)
+        n = llama_cpp.llama_tokenize(self._vocab_ptr, data, len(data), buf, len(buf), False, False)
+        if n < 0:  # cannot happen without BOS, but llama.cpp says how many it needs
+            buf = self._buffer(-n)
+            n = llama_cpp.llama_tokenize(
+                self._vocab_ptr, data, len(data), buf, len(buf), False, False
+            )
+        cut = limit is not None and n > limit
+        if cut:
+            n = limit
+        extra = 0 if tail is None else len(tail)
+        out = np.empty(n + extra, dtype=np.int32)
+        out[:n] = np.frombuffer(buf, dtype=np.int32, count=n)
+        if tail is not None:
+            out[n:] = tail
+        return out, n, cut
+
+    def _buffer(self, size: int) -> Any:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < size:
+            buf = (ctypes.c_int32 * max(size, 4096))()
+            self._local.buf = buf
+        return buf
 
     def codes(self, labels: Sequence[str]) -> list[int]:
         """The label coding of ``assign_codes`` for this vocabulary."""

@@ -53,9 +53,24 @@ class Settings(BaseSettings):
     parallel: int = Field(
         default=1,
         ge=1,
+        # llama.cpp holds 256 sequences per context, and one is the shared prompt prefix.
+        le=255,
         description="Documents an SLM worker decodes together, each its own sequence after "
-        "the shared prompt prefix (1: one at a time). On a GPU set 32 or more; on CPU the "
-        "forward pass is the limit and batching gains little.",
+        "the shared prompt prefix (1: one at a time; at most 255). On a GPU set 64 or more "
+        "and run the worker with the threads pool (-P threads -c 8), so that documents of "
+        "several tasks share each decode.",
+    )
+    decode_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        description="Tokens of one batched decode, all its documents and answer cues "
+        "together (unset: 32 per parallel document, at least n_batch). Every token's "
+        "attention spans the whole decode, so larger is not always faster.",
+    )
+    flash_attn: bool = Field(
+        default=True,
+        description="llama.cpp flash attention (a CUDA build needs its FA kernels, which "
+        "bench/gpu.sh builds). Its CPU kernel skips the cells a batched decode masks out.",
     )
     n_gpu_layers: int = Field(
         default=0, description="Layers offloaded to the GPU (-1: all; needs a CUDA build)."

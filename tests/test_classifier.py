@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,16 +61,18 @@ def test_documents_cannot_inject_control_tokens(clf: Classifier) -> None:
     assert plain.prompt_tokens > clf.prefix_tokens + 4  # the marker was tokenized as text
 
 
+@pytest.mark.parametrize("flash_attn", [False, True], ids=["plain-attention", "flash-attention"])
 def test_documents_decoded_together_get_the_distributions_they_get_alone(
-    labels: tuple[str, ...], banking: list[dict[str, str]]
+    labels: tuple[str, ...], banking: list[dict[str, str]], flash_attn: bool
 ) -> None:
     # The demo adapter too: the batched context must carry the LoRA weights.
     from models.registry import load_model_dir
 
     gguf, adapter, manifest = load_model_dir(Path("demo/banking77-lora"))
     spec = ModelSpec(str(gguf), labels, str(adapter), manifest)
-    single = Classifier(spec, RuntimeOptions(n_ctx=1024, n_threads=2, n_batch=256))
-    batched = Classifier(spec, RuntimeOptions(n_ctx=1024, n_threads=2, n_batch=256, parallel=8))
+    options = RuntimeOptions(n_ctx=1024, n_threads=2, n_batch=256, flash_attn=flash_attn)
+    single = Classifier(spec, options)
+    batched = Classifier(spec, replace(options, parallel=8))
     # 20 queries (three decodes of up to 8), one past the decode's token budget (alone),
     # and an empty one.
     texts = [r["text"] for r in banking[:20]] + ["card declined " * 100, ""]
@@ -82,8 +85,11 @@ def test_documents_decoded_together_get_the_distributions_they_get_alone(
         # Not bit for bit: a sequence's cells sit elsewhere in the cache, which changes
         # the order of float sums, and 8-bit activation rounding carries that on.
         np.testing.assert_allclose(a.probs, b.probs, atol=0.03)
-    # The first sequence of a decode sits where a lone document would: bit for bit.
-    np.testing.assert_array_equal(alone[0].logits, together[0].logits)
+    if not flash_attn:
+        # The first sequence of a decode sits where a lone document would: bit for bit.
+        # (Flash attention's CPU kernel tiles a many-token batch differently from a
+        # single document's, so there only the tolerance above holds.)
+        np.testing.assert_array_equal(alone[0].logits, together[0].logits)
     right = [a.label == r["category"] for a, r in zip(together[:20], banking[:20], strict=True)]
     assert sum(right) >= 16
     # Nothing leaks between sequences: a document's answer does not depend on what it
@@ -96,8 +102,16 @@ def test_documents_decoded_together_get_the_distributions_they_get_alone(
 
     seen: list[int] = []
     scored = score(batched, [(t, labels[0]) for t in texts], seen.append)
-    assert scored.predicted == [a.label for a in alone]
+    assert scored.predicted == [a.label for a in together]
     assert seen == [8, 8, 6]
+
+
+def test_parallel_beyond_what_llama_cpp_holds_is_refused_clearly(labels: tuple[str, ...]) -> None:
+    from shiftdown.errors import ConfigError
+
+    spec = ModelSpec(str(default_gguf_path()), labels)
+    with pytest.raises(ConfigError, match=r"1\.\.255"):
+        Classifier(spec, RuntimeOptions(n_ctx=1024, parallel=256))
 
 
 def test_manifest_coding_must_match_the_labels(labels: tuple[str, ...]) -> None:
