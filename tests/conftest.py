@@ -66,7 +66,7 @@ def apply_settings(monkeypatch: pytest.MonkeyPatch, **env: str | None) -> None:
     configure()
     dispose_engines()
     frontier.reset_client()
-    slm._resident.clear()
+    slm.unload_models()
 
 
 @pytest.fixture

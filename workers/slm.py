@@ -2,13 +2,17 @@
 the confident ones, and escalate the rest to the frontier stage.
 
 Models are loaded once per worker process (in ``worker_process_init`` for the default
-task, lazily for others) and a bounded number stay resident.
+task, lazily for others) and a bounded number stay resident. Each is served through a
+``DecodeLoop``: with Celery's threads pool (``-P threads -c N``, the GPU worker), the
+documents of every task in flight share decodes, and a task's store writes overlap the
+next decode.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import groupby
@@ -19,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from models.classifier import Classification, Classifier, RuntimeOptions
+from models.decode_loop import DecodeLoop
 from models.policy import Policy
 from models.registry import model_name, spec_for, task_taxonomy
 from shiftdown.db import dispose_engines, session_scope
@@ -27,11 +32,13 @@ from shiftdown.schema import DocState, Document, ModelVersion, Prediction, Run, 
 from shiftdown.settings import Settings, get_settings
 from shiftdown.taxonomy import Taxonomy
 from workers.app import TASK_FRONTIER, TASK_SLM, app, dispatch
-from workers.store import insert_predictions, move_documents
+from workers.store import SlmOutcome, store_slm_outcomes
 
 log = logging.getLogger(__name__)
 
-_resident: OrderedDict[tuple[int, str], Classifier] = OrderedDict()
+_resident: OrderedDict[tuple[int, str], DecodeLoop] = OrderedDict()
+# Worker threads (the threads pool) ask for a model at once: it is loaded once.
+_loading = threading.Lock()
 
 
 def runtime_options(s: Settings) -> RuntimeOptions:
@@ -45,23 +52,34 @@ def runtime_options(s: Settings) -> RuntimeOptions:
         n_gpu_layers=s.n_gpu_layers,
         max_text_chars=s.max_text_chars,
         parallel=s.parallel,
+        decode_tokens=s.decode_tokens,
+        flash_attn=s.flash_attn,
     )
 
 
-def get_classifier(version: ModelVersion, taxonomy: Taxonomy) -> Classifier:
+def get_classifier(version: ModelVersion, taxonomy: Taxonomy) -> DecodeLoop:
     """The loaded model for this version and label list, loading it (LRU) if needed."""
     key = (version.id, taxonomy.hash)
-    clf = _resident.get(key)
-    if clf is not None:
-        _resident.move_to_end(key)
-        return clf
-    s = get_settings()
-    while len(_resident) >= s.max_resident_models:
-        _resident.popitem(last=False)
-    clf = Classifier(spec_for(version, taxonomy), runtime_options(s))
-    _resident[key] = clf
+    with _loading:
+        loop = _resident.get(key)
+        if loop is not None:
+            _resident.move_to_end(key)
+            return loop
+        s = get_settings()
+        while len(_resident) >= s.max_resident_models:
+            # A thread still decoding on it keeps it until its documents are done.
+            _resident.popitem(last=False)[1].close()
+        loop = DecodeLoop(Classifier(spec_for(version, taxonomy), runtime_options(s)))
+        _resident[key] = loop
     log.info("loaded %s for %d labels", model_name(version), len(taxonomy))
-    return clf
+    return loop
+
+
+def unload_models() -> None:
+    """Unload every resident model (tests switching settings, a worker shutting down)."""
+    with _loading:
+        while _resident:
+            _resident.popitem()[1].close()
 
 
 @worker_process_init.connect
@@ -91,19 +109,26 @@ class _Work:
 
 
 def _load(ids: list[int]) -> list[_Work]:
+    """The still-queued documents among ``ids`` with their run, task and model version:
+    two queries, whatever the number of documents and runs."""
     with session_scope() as session:
-        docs = session.scalars(
-            select(Document)
+        docs = session.execute(
+            select(Document.id, Document.text, Document.run_id)
             .where(Document.id.in_(ids), Document.state == DocState.QUEUED)
             .order_by(Document.run_id, Document.id)
         ).all()
-        work: list[_Work] = []
-        for run_id, group in groupby(docs, key=lambda d: d.run_id):
-            run = session.get_one(Run, run_id)
-            task = session.get_one(Task, run.task_name)
-            version = session.get_one(ModelVersion, run.model_version_id)
-            work.extend(_Work(d.id, d.text, run, task, version) for d in group)
-        return work
+        if not docs:
+            return []
+        contexts = {
+            run.id: (run, task, version)
+            for run, task, version in session.execute(
+                select(Run, Task, ModelVersion)
+                .join(Task, Task.name == Run.task_name)
+                .join(ModelVersion, ModelVersion.id == Run.model_version_id)
+                .where(Run.id.in_({d.run_id for d in docs}))
+            ).tuples()
+        }
+        return [_Work(doc_id, text, *contexts[run_id]) for doc_id, text, run_id in docs]
 
 
 def per_label_thresholds(version: ModelVersion) -> dict[str, float]:
@@ -151,56 +176,47 @@ def _classified(work: list[_Work]) -> list[tuple[_Work, Classification | str, Ta
     return out
 
 
-def process_batch(ids: list[int]) -> int:
-    """Classify the still-queued documents among ``ids``; returns how many were handled."""
+def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
+    """Each document's classification turned into a decision under its run's policy."""
     s = get_settings()
-    work = _load(ids)
-    if not work:
-        _send_follow_ups(ids)
-        return 0
-    rows: list[dict[str, Any]] = []
-    keep: list[int] = []
-    escalate: list[int] = []
-    truncated: list[int] = []
-    failed: dict[int, str] = {}
+    parked = DocState.ESCALATED if s.frontier_configured else DocState.AWAITING_FRONTIER
     thresholds: dict[int, dict[str, float]] = {}
+    names: dict[int, str] = {}
+    outcomes: list[SlmOutcome] = []
     for item, outcome, taxonomy in _classified(work):
         if isinstance(outcome, str):
-            failed[item.doc_id] = outcome
+            outcomes.append(SlmOutcome(item.doc_id, DocState.FAILED, error=outcome))
             continue
-        if item.version.id not in thresholds:
-            thresholds[item.version.id] = per_label_thresholds(item.version)
-        limit = thresholds[item.version.id].get(outcome.label, item.run.threshold)
+        version = item.version
+        if version.id not in thresholds:
+            thresholds[version.id] = per_label_thresholds(version)
+            names[version.id] = model_name(version)
+        limit = thresholds[version.id].get(outcome.label, item.run.threshold)
         escalated = outcome.confidence < limit
-        rows.append(
-            {
-                "document_id": item.doc_id,
-                "run_id": item.run.id,
-                "stage": Stage.SLM,
-                "label": outcome.label,
-                "confidence": outcome.confidence,
-                "escalated": escalated,
-                "distribution": outcome.top_k(taxonomy.names, s.store_top_k),
-                "model": model_name(item.version),
-                "model_version_id": item.version.id,
-                "latency_ms": outcome.latency_ms,
-                "prompt_tokens": outcome.prompt_tokens,
-                "completion_tokens": 0,
-                "cost_usd": 0.0,
-            }
-        )
-        if outcome.truncated:
-            truncated.append(item.doc_id)
-        (escalate if escalated else keep).append(item.doc_id)
-    parked = DocState.ESCALATED if s.frontier_configured else DocState.AWAITING_FRONTIER
-    with session_scope() as session:
-        insert_predictions(session, rows)
-        queued = [DocState.QUEUED]
-        move_documents(session, truncated, queued, truncated=True)
-        move_documents(session, keep, queued, state=DocState.CLASSIFIED, final_stage=Stage.SLM)
-        move_documents(session, escalate, queued, state=parked)
-        for doc_id, error in failed.items():
-            move_documents(session, [doc_id], queued, state=DocState.FAILED, error=error)
+        prediction = {
+            "document_id": item.doc_id,
+            "run_id": item.run.id,
+            "label": outcome.label,
+            "confidence": outcome.confidence,
+            "escalated": escalated,
+            "distribution": outcome.top_k(taxonomy.names, s.store_top_k),
+            "model": names[version.id],
+            "model_version_id": version.id,
+            "latency_ms": outcome.latency_ms,
+            "prompt_tokens": outcome.prompt_tokens,
+        }
+        state = parked if escalated else DocState.CLASSIFIED
+        outcomes.append(SlmOutcome(item.doc_id, state, outcome.truncated, prediction))
+    return outcomes
+
+
+def process_batch(ids: list[int]) -> int:
+    """Classify the still-queued documents among ``ids``; returns how many were handled."""
+    work = _load(ids)
+    if work:
+        outcomes = _outcomes(work)
+        with session_scope() as session:
+            store_slm_outcomes(session, outcomes)
     # After the commit, so that the frontier task finds the state it expects.
     _send_follow_ups(ids)
     return len(work)

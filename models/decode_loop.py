@@ -1,0 +1,127 @@
+"""One model served to many threads: continuous batching across callers.
+
+A worker that decodes one task at a time leaves the model idle while it reads the task's
+documents from the store and writes their results, and a task smaller than a decode
+leaves the decode part empty. Here every caller (a Celery worker thread, one per task
+in flight) tokenizes its own documents on its own thread, llama.cpp's tokenizer running
+without the GIL, and queues them; one decode thread owns the llama.cpp contexts and
+packs each decode from whatever is queued when it becomes free, across callers, up to
+``parallel`` documents and the token budget. A caller waits only for its own documents,
+then stores them while the next decode runs.
+
+With nothing else queued a caller's documents go straight through, so a single-threaded
+worker (Celery's prefork pool, one task per process) behaves as before, at the cost of
+one hand-off between threads per decode.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from models.classifier import Classification, Classifier, Prepared
+from shiftdown.errors import RetryableError
+
+
+@dataclass(eq=False)
+class _Request:
+    items: list[Prepared]
+    results: list[Classification | None]
+    taken: int = 0  # items handed to a decode so far
+    left: int = 0  # items without a result yet
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class DecodeLoop:
+    """Serves ``clf`` to any number of threads; see the module's docstring."""
+
+    def __init__(self, clf: Classifier) -> None:
+        self.clf = clf
+        self._queue: deque[_Request] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self.decodes = 0  # decodes run, for tests and metrics
+        self._thread = threading.Thread(target=self._run, name="shiftdown-decode", daemon=True)
+        self._thread.start()
+
+    def classify_many(self, texts: Sequence[str]) -> list[Classification]:
+        """Each text's distribution, in order (decoded together with other callers')."""
+        if not texts:
+            return []
+        items = [self.clf.prepare(t) for t in texts]
+        request = _Request(items, [None] * len(items), left=len(items))
+        with self._wake:
+            if self._closed:
+                # Evicted between lookup and use (more models in use than may stay
+                # resident): the task tries again and loads it afresh.
+                raise RetryableError("the model was unloaded while this batch waited for it")
+            self._queue.append(request)
+            self._wake.notify()
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return [r for r in request.results if r is not None]
+
+    def classify(self, text: str) -> Classification:
+        """One text's distribution."""
+        return self.classify_many([text])[0]
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the decode thread."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+
+    def _take(self) -> list[tuple[_Request, int]]:
+        """The next decode's items, oldest first, as (request, index); under the lock."""
+        picked: list[tuple[_Request, int]] = []
+        group: list[Prepared] = []
+        used = 0
+        for request in self._queue:
+            while request.taken < len(request.items):
+                item = request.items[request.taken]
+                if not self.clf.fits(group, used, item):
+                    return picked
+                picked.append((request, request.taken))
+                group.append(item)
+                used += len(item.tokens)
+                request.taken += 1
+        return picked
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closed:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+                picked = self._take()
+                while self._queue and self._queue[0].taken == len(self._queue[0].items):
+                    self._queue.popleft()
+            try:
+                results = self.clf.decode([request.items[i] for request, i in picked])
+            except Exception as exc:  # the callers decide what a failed decode means
+                for request, _ in picked:
+                    self._fail(request, exc)
+                continue
+            finally:
+                self.decodes += 1
+            for (request, index), result in zip(picked, results, strict=True):
+                request.results[index] = result
+                request.left -= 1
+                if request.left == 0 and request.error is None:
+                    request.done.set()
+
+    def _fail(self, request: _Request, exc: BaseException) -> None:
+        if request.error is not None:
+            return
+        request.error = exc
+        with self._wake:
+            # Its documents not yet decoded are dropped with it.
+            if request in self._queue:
+                self._queue.remove(request)
+        request.done.set()

@@ -1,0 +1,82 @@
+"""Many threads, one model: the decode loop packs documents of concurrent callers into
+shared decodes and hands each caller exactly its own results (real llama.cpp, on the
+tiny random-weight model that bench/host_ceiling.py serves)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.classifier import Classifier, ModelSpec, RuntimeOptions
+from models.decode_loop import DecodeLoop
+from models.registry import read_manifest
+from shiftdown.errors import ModelError
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bench.tiny_model import write_tiny_gguf
+
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_gguf: Path, banking_taxonomy: Path) -> ModelSpec:
+    labels = tuple(json.loads(banking_taxonomy.read_text()))
+    return ModelSpec(str(tiny_gguf), labels, None, read_manifest(tiny_gguf))
+
+
+def test_concurrent_callers_share_decodes_and_get_their_own_results(
+    spec: ModelSpec, banking: list[dict[str, str]]
+) -> None:
+    options = RuntimeOptions(n_ctx=512, n_threads=2, parallel=16, decode_tokens=2048)
+    alone = Classifier(spec, options)
+    loop = DecodeLoop(Classifier(spec, options))
+    texts = [r["text"] for r in banking[:96]]
+    # Eight callers of 12 documents each: 96 documents in fewer decodes than callers
+    # would need one at a time (8 callers x 1 decode each), and never more than 16 each.
+    chunks = [texts[i : i + 12] for i in range(0, 96, 12)]
+    got: dict[int, list[str]] = {}
+    logits: dict[int, list[np.ndarray]] = {}
+    start = threading.Barrier(len(chunks))
+
+    def call(k: int) -> None:
+        start.wait()
+        results = loop.classify_many(chunks[k])
+        got[k] = [r.label for r in results]
+        logits[k] = [r.logits for r in results]
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(chunks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    loop.close()
+    expected = alone.classify_many(texts)
+    for k, chunk in enumerate(chunks):
+        assert len(got[k]) == len(chunk)
+        for i, row in enumerate(logits[k]):
+            # The same document wherever it sat in a shared decode.
+            np.testing.assert_allclose(row, expected[12 * k + i].logits, atol=1e-3)
+    assert loop.decodes >= 96 // 16  # at most 16 documents per decode
+
+
+def test_a_failed_decode_fails_only_its_callers(spec: ModelSpec) -> None:
+    loop = DecodeLoop(Classifier(spec, RuntimeOptions(n_ctx=512, n_threads=2, parallel=4)))
+    good = loop.classify_many(["where is my card"])
+    assert len(good) == 1
+
+    def broken(group: object) -> object:
+        raise ModelError("llama_decode failed with code -1")
+
+    original = loop.clf.decode
+    loop.clf.decode = broken  # type: ignore[method-assign]
+    with pytest.raises(ModelError, match="llama_decode"):
+        loop.classify_many(["a", "b"])
+    loop.clf.decode = original  # type: ignore[method-assign]
+    assert len(loop.classify_many(["and again"])) == 1
+    loop.close()
