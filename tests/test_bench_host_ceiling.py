@@ -1,0 +1,52 @@
+"""The host-ceiling benchmark's interface (others script against it) and the throwaway
+services that benchmarks start on machines that run none."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from bench.services import throwaway_services
+from tests.conftest import PG_ADMIN
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_host_ceiling_prints_one_json_object_with_both_lines() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIFTDOWN_")}
+    env["SHIFTDOWN_TEST_PG"] = PG_ADMIN
+    result = subprocess.run(
+        [sys.executable, "bench/host_ceiling.py", "--docs", "256", "--threads", "2", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = json.loads(result.stdout)
+    for name in ("classify_many", "pipeline"):
+        assert {"docs_per_s", "p50_ms", "p95_ms"} <= set(lines[name])
+        assert lines[name]["docs_per_s"] > 0
+    assert lines["classify_many"]["p50_ms"] <= lines["classify_many"]["p95_ms"]
+
+
+def test_throwaway_services_answer_and_go_away(tmp_path: Path) -> None:
+    with throwaway_services(tmp_path) as (pg, broker):
+        with psycopg.connect(pg.url) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        assert redis.Redis.from_url(broker.url(3)).ping()
+        # A crash and a restart on the same port and data, as the fault tests need.
+        broker.kill()
+        broker.start()
+        assert redis.Redis.from_url(broker.url(3)).ping()
+    assert pg.process is not None and pg.process.poll() is not None
+    assert list(tmp_path.iterdir()) == []
