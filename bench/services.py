@@ -104,7 +104,7 @@ class RedisServer:
         args += ["--bind", "127.0.0.1", "--dir", str(self.folder), "--save", ""]
         args += ["--appendonly", "yes" if self.appendonly else "no"]
         args += ["--appendfsync", "always", "--logfile", str(self.folder / "redis.log")]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
         _wait(lambda: _listening(self.port), "redis-server")
         return self
 
@@ -160,7 +160,12 @@ class PostgresServer:
         args += ["-c", "fsync=off", "-c", "max_connections=200"]
         log = (self.folder / "postgres.log").open("ab")
         self.process = subprocess.Popen(  # type: ignore[call-overload]
-            args, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, **owner
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.folder,
+            start_new_session=True,
+            **owner,
         )
         _wait(lambda: _listening(self.port), "postgres")
         return self
@@ -205,6 +210,60 @@ def throwaway_services(folder: Path | None = None) -> Iterator[tuple[PostgresSer
         finally:
             redis.stop()
             pg.stop()
+
+
+def answers(url: str) -> bool:
+    """Whether the server of a ``postgresql://`` or ``redis://`` URL takes a connection."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    default = 6379 if parts.scheme.startswith("redis") else 5432
+    with socket.socket() as s:
+        s.settimeout(2.0)
+        return s.connect_ex((parts.hostname or "127.0.0.1", parts.port or default)) == 0
+
+
+@dataclass
+class Ensured:
+    """The URLs to use, and the servers started for them (to stop at the end)."""
+
+    pg_url: str
+    redis_url: str
+    started: list[PostgresServer | RedisServer]
+    folders: list[str]
+
+    def stop(self) -> None:
+        """Stop what was started and remove its folders."""
+        for server in self.started:
+            server.stop()
+        for folder in self.folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def ensure_services(pg_url: str, redis_url: str) -> Ensured:
+    """``pg_url`` and ``redis_url`` where their servers answer; throwaway servers (on
+    free ports, in temporary folders) for those that do not. The Redis URL keeps its
+    database number."""
+    ensured = Ensured(pg_url, redis_url, [], [])
+    try:
+        if not answers(redis_url):
+            folder = tempfile.mkdtemp(prefix="shiftdown-redis-")
+            ensured.folders.append(folder)
+            server = RedisServer(Path(folder), free_port()).start()
+            ensured.started.append(server)
+            db = redis_url.rsplit("/", 1)[-1]
+            ensured.redis_url = server.url(int(db) if db.isdigit() else 0)
+        if not answers(pg_url):
+            folder = tempfile.mkdtemp(prefix="shiftdown-pg-")
+            os.chmod(folder, 0o755)
+            ensured.folders.append(folder)
+            pg = PostgresServer(Path(folder), free_port()).start()
+            ensured.started.append(pg)
+            ensured.pg_url = pg.url
+    except BaseException:
+        ensured.stop()
+        raise
+    return ensured
 
 
 def main() -> None:

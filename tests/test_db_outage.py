@@ -5,6 +5,7 @@ nothing is lost and nothing written twice."""
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,8 +22,9 @@ def test_postgres_unavailable_for_20_s_mid_run_loses_and_duplicates_nothing(stac
     # The worker reaches Postgres through a proxy the test cuts; the test itself does not.
     env = stack.use()
     pg_url = env["SHIFTDOWN_DATABASE_URL"]
-    proxy = TcpProxy(("127.0.0.1", 5432)).start()
-    through_proxy = pg_url.replace(":5432/", f":{proxy.port}/")
+    port = urlsplit(pg_url).port or 5432
+    proxy = TcpProxy(("127.0.0.1", port)).start()
+    through_proxy = pg_url.replace(f":{port}/", f":{proxy.port}/")
     assert through_proxy != pg_url
     n = 160
     worker = stack.worker({**env, "SHIFTDOWN_DATABASE_URL": through_proxy})

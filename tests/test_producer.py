@@ -10,6 +10,7 @@ import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -106,10 +107,11 @@ def test_a_broker_blip_mid_chunk_costs_no_task(
     banking_taxonomy: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    proxy = TcpProxy(("127.0.0.1", 6379)).start()
+    port = urlsplit(redis_url).port or 6379
+    proxy = TcpProxy(("127.0.0.1", port)).start()
     use_settings(
         SHIFTDOWN_DATABASE_URL=pg_url,
-        SHIFTDOWN_BROKER_URL=redis_url.replace(":6379", f":{proxy.port}"),
+        SHIFTDOWN_BROKER_URL=redis_url.replace(f":{port}", f":{proxy.port}"),
     )
     run_id, queue = _new_run(banking_taxonomy)
     s = get_settings()
