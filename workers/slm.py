@@ -126,7 +126,7 @@ def _load(ids: list[int]) -> list[_Work]:
                 .join(Task, Task.name == Run.task_name)
                 .join(ModelVersion, ModelVersion.id == Run.model_version_id)
                 .where(Run.id.in_({d.run_id for d in docs}))
-            ).tuples()
+            )
         }
         return [_Work(doc_id, text, *contexts[run_id]) for doc_id, text, run_id in docs]
 
