@@ -116,7 +116,7 @@ def main() -> None:
 
     if str(ROOT) not in sys.path:  # run as a script: the project's packages are beside it
         sys.path.insert(0, str(ROOT))
-    from bench.table import print_table
+    from bench.table import print_lines
     from bench.tiny_model import write_tiny_gguf
 
     with tempfile.TemporaryDirectory(prefix="shiftdown-tiny-") as folder:
@@ -129,14 +129,7 @@ def main() -> None:
         f"host ceiling: tiny random-weight model, {args.docs} documents, {args.parallel} "
         f"per decode, tasks of {args.task_size}, {os.cpu_count()} cores"
     )
-    print_table(
-        ["line", "docs/s", "p50 ms", "p95 ms", "x classify"],
-        [
-            [name, f"{x['docs_per_s']:.0f}", f"{x['p50_ms']:.1f}", f"{x['p95_ms']:.1f}",
-             f"{x['ratio_to_classify']:.2f}"]
-            for name, x in results.items()
-        ],
-    )  # fmt: skip
+    print_lines(results, "ratio_to_classify", "classify", digits=0)
 
 
 if __name__ == "__main__":

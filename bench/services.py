@@ -86,13 +86,31 @@ def _listening(port: int) -> bool:
 
 
 @dataclass
-class RedisServer:
-    """A redis-server process of our own; ``url`` is its database ``db``."""
+class _Server:
+    """A server process of our own, on ``port``, keeping its files in ``folder``."""
 
     folder: Path
     port: int
-    appendonly: bool = False
     process: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM (Postgres: fast shutdown) and wait."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+
+@dataclass
+class RedisServer(_Server):
+    """A redis-server process of our own; ``url`` is its database ``db``."""
+
+    appendonly: bool = False
 
     def url(self, db: int = 0) -> str:
         """Its URL, database ``db``."""
@@ -108,26 +126,10 @@ class RedisServer:
         _wait(lambda: _listening(self.port), "redis-server")
         return self
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
 
 @dataclass
-class PostgresServer:
+class PostgresServer(_Server):
     """A Postgres cluster of our own, trust authentication, superuser ``postgres``."""
-
-    folder: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -169,18 +171,6 @@ class PostgresServer:
         )
         _wait(lambda: _listening(self.port), "postgres")
         return self
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster, as a crash would."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self) -> None:
-        """Fast shutdown and wait."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=60)
 
 
 @contextmanager
@@ -229,7 +219,7 @@ class Ensured:
 
     pg_url: str
     redis_url: str
-    started: list[PostgresServer | RedisServer]
+    started: list[_Server]
     folders: list[str]
 
     def stop(self) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.table import print_table  # noqa: E402  (first: bench loads llama.cpp first)
+from bench.table import print_lines  # noqa: E402  (first: bench loads llama.cpp first)
 from models.classifier import Classifier, ModelSpec, RuntimeOptions  # noqa: E402
 from models.registry import load_model_dir  # noqa: E402
 
@@ -301,14 +301,7 @@ def main() -> None:
         f"{args.docs} BANKING77 test queries, model {args.model}, "
         f"{args.threads} threads, {os.cpu_count()} cores"
     )
-    print_table(
-        ["line", "docs/s", "p50 ms", "p95 ms", "x limit"],
-        [
-            [name, f"{x['docs_per_s']:.2f}", f"{x['p50_ms']:.1f}", f"{x['p95_ms']:.1f}",
-             f"{x['ratio_to_limit']:.3f}"]
-            for name, x in results.items()
-        ],
-    )  # fmt: skip
+    print_lines(results, "ratio_to_limit", "limit")
     if "naive" in results:
         print(f"classify / naive: {results['classify']['ratio_to_naive']:.2f} x")
 
