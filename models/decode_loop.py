@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from models.classifier import Classification, Classifier, Prepared
-from shiftdown.errors import RetryableError
+from shiftdown.errors import ModelError, RetryableError
 
 
 @dataclass(eq=False)
@@ -93,28 +93,62 @@ class DecodeLoop:
         return picked
 
     def _run(self) -> None:
-        while True:
+        picked: list[tuple[_Request, int]] = []
+        try:
+            while True:
+                with self._wake:
+                    while not self._queue and not self._closed:
+                        self._wake.wait()
+                    if not self._queue:
+                        return
+                    picked = self._take()
+                    while self._queue and self._queue[0].taken == len(self._queue[0].items):
+                        self._queue.popleft()
+                self._decode(picked)
+        except BaseException as exc:
+            # Nothing may wait for a thread that is gone: fail what is queued, refuse more.
             with self._wake:
-                while not self._queue and not self._closed:
-                    self._wake.wait()
-                if not self._queue:
-                    return
-                picked = self._take()
-                while self._queue and self._queue[0].taken == len(self._queue[0].items):
-                    self._queue.popleft()
-            try:
-                results = self.clf.decode([request.items[i] for request, i in picked])
-            except Exception as exc:  # the callers decide what a failed decode means
-                for request, _ in picked:
-                    self._fail(request, exc)
-                continue
-            finally:
-                self.decodes += 1
-            for (request, index), result in zip(picked, results, strict=True):
-                request.results[index] = result
-                request.left -= 1
-                if request.left == 0 and request.error is None:
-                    request.done.set()
+                self._closed = True
+                stranded = [request for request, _ in picked] + list(self._queue)
+                self._queue.clear()
+            for request in stranded:
+                self._fail(request, exc)
+            raise
+
+    def _decode(self, picked: list[tuple[_Request, int]]) -> None:
+        items = [request.items[i] for request, i in picked]
+        try:
+            results = self.clf.decode(items)
+        except Exception as exc:
+            if len(picked) == 1:
+                self._fail(picked[0][0], exc)
+                return
+            # One bad document must not fail the others it shared the decode with (other
+            # callers' among them): each goes again alone, and only what fails alone fails.
+            for request, index in picked:
+                try:
+                    self._done(request, index, self.clf.decode([request.items[index]])[0])
+                except Exception as alone:
+                    self._fail(request, alone)
+            return
+        finally:
+            self.decodes += 1
+        if len(results) != len(picked):
+            error = ModelError(f"a decode of {len(picked)} returned {len(results)} results")
+            for request, _ in picked:
+                self._fail(request, error)
+            return
+        for (request, index), result in zip(picked, results, strict=True):
+            self._done(request, index, result)
+
+    @staticmethod
+    def _done(request: _Request, index: int, result: Classification) -> None:
+        if request.error is not None:
+            return
+        request.results[index] = result
+        request.left -= 1
+        if request.left == 0:
+            request.done.set()
 
     def _fail(self, request: _Request, exc: BaseException) -> None:
         if request.error is not None:

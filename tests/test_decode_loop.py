@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.classifier import Classifier, ModelSpec, RuntimeOptions
+from models.classifier import Classification, Classifier, ModelSpec, Prepared, RuntimeOptions
 from models.decode_loop import DecodeLoop
 from models.registry import read_manifest
-from shiftdown.errors import ModelError
+from shiftdown.errors import ModelError, RetryableError
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,51 @@ def test_a_failed_decode_fails_only_its_callers(spec: ModelSpec) -> None:
     loop.clf.decode = original  # type: ignore[method-assign]
     assert len(loop.classify_many(["and again"])) == 1
     loop.close()
+
+
+def test_one_bad_document_fails_only_itself_not_what_it_shared_a_decode_with(
+    spec: ModelSpec, banking: list[dict[str, str]]
+) -> None:
+    loop = DecodeLoop(Classifier(spec, RuntimeOptions(n_ctx=512, n_threads=2, parallel=16)))
+    poison = loop.clf.prepare("poison").tokens
+    decode = loop.clf.decode
+
+    def failing(group: list[Prepared]) -> list[Classification]:
+        if any(np.array_equal(p.tokens, poison) for p in group):
+            raise ModelError("llama_decode failed with code -1")
+        return decode(group)
+
+    loop.clf.decode = failing  # type: ignore[method-assign]
+    texts = [r["text"] for r in banking[:6]]
+    outcome: dict[str, object] = {}
+    start = threading.Barrier(2)
+
+    def call(name: str, batch: list[str]) -> None:
+        start.wait()
+        try:
+            outcome[name] = loop.classify_many(batch)
+        except ModelError as exc:
+            outcome[name] = exc
+
+    a = threading.Thread(target=call, args=("a", ["poison", *texts[:3]]))
+    b = threading.Thread(target=call, args=("b", texts[3:]))
+    for t in (a, b):
+        t.start()
+    for t in (a, b):
+        t.join(timeout=60)
+    loop.close()
+    assert isinstance(outcome["a"], ModelError)  # its own bad document
+    assert isinstance(outcome["b"], list) and len(outcome["b"]) == 3  # untouched by it
+
+
+def test_callers_never_wait_on_a_decode_thread_that_died(spec: ModelSpec) -> None:
+    loop = DecodeLoop(Classifier(spec, RuntimeOptions(n_ctx=512, n_threads=2, parallel=4)))
+
+    def dying(group: object) -> object:
+        raise SystemExit("the decode thread is going away")
+
+    loop.clf.decode = dying  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        loop.classify_many(["a", "b"])
+    with pytest.raises(RetryableError):  # closed: refused, not left waiting
+        loop.classify_many(["c"])

