@@ -210,6 +210,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-pipeline", action="store_true")
     parser.add_argument(
+        "--single-docs",
+        type=int,
+        default=None,
+        help="Documents of the one-at-a-time lines, limit and classify (default: all); "
+        "on a GPU they run at a few hundred a second.",
+    )
+    parser.add_argument(
         "--naive-docs",
         type=int,
         default=None,
@@ -261,12 +268,13 @@ def main() -> None:
         results[name] = line
         print(f"{name}: {line['docs_per_s']:.2f} docs/s", file=sys.stderr, flush=True)
 
-    record("limit", line_limit(clf, texts))
+    single = texts[: args.single_docs] if args.single_docs else texts
+    record("limit", line_limit(clf, single))
     naive = texts[: args.naive_docs] if args.naive_docs is not None else texts
     if naive:
         record("naive", line_naive(spec, clf, naive, options, confidence=True))
         record("naive_text_only", line_naive(spec, clf, naive, options, confidence=False))
-    record("classify", line_classify(clf, texts))
+    record("classify", line_classify(clf, single))
     for parallel in (n for n in args.parallel if n > 1):
         del clf
         options = replace(options, parallel=parallel)

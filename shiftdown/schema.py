@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -132,6 +133,13 @@ class Document(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "external_id", name="uq_documents_run_external_id"),
         Index("ix_documents_run_state", "run_id", "state"),
+        # The reconciliation sweep's oldest unsettled documents (migration 0006).
+        Index(
+            "ix_documents_unsettled_updated_at",
+            "updated_at",
+            postgresql_where=text("state IN ('queued', 'escalated')"),
+            sqlite_where=text("state IN ('queued', 'escalated')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -130,6 +130,28 @@ class Settings(BaseSettings):
         description="How often a worker looks for unacknowledged tasks past the visibility "
         "timeout and puts them back on their queue.",
     )
+    publish_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a publish keeps trying, on fresh connections, while the "
+        "broker is away (Celery's own retries gave up in under a second, and a hand-off "
+        "made after a commit was then lost until a reconciliation found it).",
+    )
+    reconcile_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often each worker runs the reconciliation sweep that re-sends lost "
+        "hand-offs (Postgres only; one pass at a time across workers; 0: off).",
+    )
+    reconcile_after_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A queued or escalated document unchanged this long, with no task on the "
+        "broker, is sent again by the sweep.",
+    )
+    reconcile_max_per_pass: int = Field(
+        default=10_000, ge=1, description="Documents one sweep looks at, oldest first."
+    )
     worker_start_timeout_s: float = Field(
         default=300.0,
         gt=0,

@@ -7,17 +7,24 @@ The store, not a result backend, is the source of truth, so results are ignored.
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import ChannelError
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shiftdown.settings import Settings, get_settings
 
 TASK_SLM = "shiftdown.slm.classify_batch"
 TASK_FRONTIER = "shiftdown.frontier.classify"
 
-app = Celery("shiftdown", include=["workers.slm", "workers.frontier"])
+log = logging.getLogger(__name__)
+
+app = Celery("shiftdown", include=["workers.slm", "workers.frontier", "workers.sweeping"])
 
 
 def configure(settings: Settings | None = None) -> None:
@@ -81,23 +88,65 @@ def dispatch(
 
     ``declare=False`` skips declaring the queue, for a producer that has just declared
     it: Celery declares on every message, a tenth of a bulk producer's time.
+
+    A broker that is away is waited for, up to ``SHIFTDOWN_PUBLISH_RETRY_S``: what is
+    sent here was usually committed just before (a producer's documents, an SLM task's
+    escalations), and a message that never leaves is a hand-off lost until a
+    reconciliation sweep finds it.
     """
     if app.conf.task_always_eager:
         app.loader.import_default_modules()
         app.tasks[name].apply(args=args)
-    else:
-        # Arguments are only ids: their plain repr is what Flower shows, without the
-        # cost of Celery's guarded saferepr (a tenth of the producer's time).
-        app.send_task(
-            name,
-            args=args,
-            queue=queue,
-            producer=producer,
-            argsrepr=repr(args),
-            kwargsrepr="{}",
-            # None: Celery's default, the message's own queue; []: nothing.
-            declare=None if declare else [],
-        )
+        return
+    try:
+        _send(name, args, queue, producer, declare)
+        return
+    except Exception as exc:
+        if not _broker_trouble(exc):
+            raise
+        log.warning("publishing %s failed (%r); trying again on a fresh connection", name, exc)
+    # Celery's own retries reuse the producer's channel, and after a dropped connection
+    # kombu's Redis channel is left without one: each retry then fails at once with an
+    # AttributeError, well inside Celery's default policy of 3 retries in 0.6 s. So each
+    # attempt here makes a connection of its own.
+    deadline = time.monotonic() + get_settings().publish_retry_s
+    delay = 0.25
+    while True:
+        time.sleep(delay)
+        try:
+            with app.connection_for_write() as conn:
+                _send(name, args, queue, None, declare, connection=conn)
+            return
+        except Exception as exc:
+            if not _broker_trouble(exc) or time.monotonic() + delay > deadline:
+                raise
+        delay = min(2 * delay, 2.0)
+
+
+def _send(
+    name: str, args: list[Any], queue: str | None, producer: Any, declare: bool, **extra: Any
+) -> None:
+    # Arguments are only ids: their plain repr is what Flower shows, without the cost of
+    # Celery's guarded saferepr (a tenth of the producer's time).
+    app.send_task(
+        name,
+        args=args,
+        queue=queue,
+        producer=producer,
+        argsrepr=repr(args),
+        kwargsrepr="{}",
+        # None: Celery's default, the message's own queue; []: nothing.
+        declare=None if declare else [],
+        **extra,
+    )
+
+
+def _broker_trouble(exc: BaseException) -> bool:
+    """Whether ``exc`` says the broker could not be reached (kombu's stale-channel
+    AttributeError included: see ``dispatch``)."""
+    if isinstance(exc, BrokerError | RedisConnectionError | RedisTimeoutError | OSError):
+        return True
+    return isinstance(exc, AttributeError) and "client" in str(exc)
 
 
 def queue_depth(queue: str) -> int:

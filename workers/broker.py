@@ -15,10 +15,9 @@ from workers.app import TASK_FRONTIER, TASK_SLM, app
 UNACKED_KEY = "unacked"
 
 
-def _document_ids(message: dict[str, Any]) -> Iterator[int]:
+def _document_ids(message: dict[str, Any], tasks: tuple[str, ...]) -> Iterator[int]:
     headers = message.get("headers") or {}
-    task = headers.get("task")
-    if task not in (TASK_SLM, TASK_FRONTIER):
+    if headers.get("task") not in tasks:
         return
     body = message.get("body", "")
     if (message.get("properties") or {}).get("body_encoding") == "base64":
@@ -36,8 +35,13 @@ def _messages(raw: Iterable[bytes | str]) -> Iterator[dict[str, Any]]:
             continue
 
 
-def in_flight(queues: Iterable[str]) -> set[int]:
-    """Document ids in ``queues`` (priority sub-queues included) or unacknowledged."""
+def in_flight(
+    queues: Iterable[str], tasks: tuple[str, ...] = (TASK_SLM, TASK_FRONTIER)
+) -> set[int]:
+    """Document ids carried by a task named in ``tasks`` waiting in ``queues`` (priority
+    sub-queues included) or delivered and unacknowledged. A document owed a frontier
+    call is not carried by an SLM task that still names it (that task will do nothing
+    for it), so reconciliation asks per task."""
     ids: set[int] = set()
     with app.connection_for_write() as conn:
         client = conn.default_channel.client
@@ -45,8 +49,8 @@ def in_flight(queues: Iterable[str]) -> set[int]:
             for key in client.scan_iter(match=f"{queue}*"):
                 if client.type(key) in (b"list", "list"):
                     for message in _messages(client.lrange(key, 0, -1)):
-                        ids.update(_document_ids(message))
+                        ids.update(_document_ids(message, tasks))
         for entry in _messages(client.hvals(UNACKED_KEY)):
             if isinstance(entry, list) and entry and isinstance(entry[0], dict):
-                ids.update(_document_ids(entry[0]))
+                ids.update(_document_ids(entry[0], tasks))
     return ids
