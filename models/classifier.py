@@ -191,17 +191,8 @@ class Classifier:
     def document_tokens(self, text: str) -> tuple[list[int], bool]:
         """The document's tokens as the model sees them, and whether they were cut: at
         ``max_text_chars`` characters, then at what the context leaves after the prompt."""
-        doc, truncated = self._document(text)
-        return doc.tolist(), truncated
-
-    @property
-    def suffix_tokens(self) -> list[int]:
-        """The answer cue's tokens, appended to every document."""
-        return list(self._suffix)
-
-    def _document(self, text: str) -> tuple[npt.NDArray[np.int32], bool]:
         tokens, _, truncated = self._tokens(text, None)
-        return tokens, truncated
+        return tokens.tolist(), truncated
 
     def _tokens(
         self, text: str, tail: npt.NDArray[np.int32] | None

@@ -126,6 +126,9 @@ class Run(Base):
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+_UNSETTLED = text("state IN ('queued', 'escalated')")
+
+
 class Document(Base):
     """One document, its text as given, and its state in the cascade."""
 
@@ -137,8 +140,8 @@ class Document(Base):
         Index(
             "ix_documents_unsettled_updated_at",
             "updated_at",
-            postgresql_where=text("state IN ('queued', 'escalated')"),
-            sqlite_where=text("state IN ('queued', 'escalated')"),
+            postgresql_where=_UNSETTLED,
+            sqlite_where=_UNSETTLED,
         ),
     )
 

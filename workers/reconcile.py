@@ -118,13 +118,11 @@ def sweep() -> Requeued:
             return Requeued(skipped=True)
         rows = unsettled(session, s.reconcile_after_s, s.reconcile_max_per_pass)
         result = requeue(rows)
-        sent = [doc_id for doc_id, _, _ in rows]
-        if sent and (result.requeued_slm or result.requeued_frontier):
+        seen = [doc_id for doc_id, _, _ in rows]
+        if seen and (result.requeued_slm or result.requeued_frontier):
             session.execute(
                 update(Document)
-                .where(
-                    Document.id.in_(sent), Document.state.in_([DocState.QUEUED, DocState.ESCALATED])
-                )
+                .where(Document.id.in_(seen), Document.state.in_(UNSETTLED))
                 .values(updated_at=utcnow())
                 .execution_options(synchronize_session=False)
             )
