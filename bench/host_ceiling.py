@@ -26,7 +26,6 @@ and Postgres for line 3 (``--no-pipeline`` skips it), as ``bench/throughput.py``
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -37,21 +36,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _texts(n: int) -> list[str]:
-    with (ROOT / "demo" / "banking77" / "test.csv").open(newline="", encoding="utf-8") as f:
-        pool = [r["text"] for r in csv.DictReader(f)]
-    return [pool[i % len(pool)] for i in range(n)]
-
-
 def measure(args: argparse.Namespace, model: Path) -> dict[str, dict[str, Any]]:
     """Every line on ``model``, printed to stderr as each ends."""
+    from bench.queries import banking_queries
     from bench.throughput import line_classify, line_classify_many, line_pipeline
     from models.classifier import Classifier, ModelSpec, RuntimeOptions
     from models.registry import read_manifest
 
     taxonomy = ROOT / "demo" / "banking77" / "categories.json"
     labels = tuple(json.loads(taxonomy.read_text(encoding="utf-8")))
-    texts = _texts(args.docs)
+    texts = banking_queries(args.docs, seed=None)
     spec = ModelSpec(str(model), labels, None, read_manifest(model))
     options = RuntimeOptions(
         n_threads=args.threads_llama, n_gpu_layers=args.gpu_layers, parallel=args.parallel

@@ -17,7 +17,6 @@ No worker runs: the queue only fills. Backpressure is lifted for the measurement
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -33,18 +32,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.queries import banking_queries  # noqa: E402
 from bench.stack import scratch_stack  # noqa: E402
 from bench.table import print_table  # noqa: E402
 
 
 def write_jsonl(path: Path, n: int) -> None:
     """``n`` BANKING77 test queries (cycled) with unique ids."""
-    with (ROOT / "demo" / "banking77" / "test.csv").open(newline="") as f:
-        texts = [r["text"] for r in csv.DictReader(f)]
-    random.Random(0).shuffle(texts)
     with path.open("w", encoding="utf-8") as f:
-        for i in range(n):
-            f.write(json.dumps({"id": f"d{i}", "text": texts[i % len(texts)]}) + "\n")
+        for i, text in enumerate(banking_queries(n)):
+            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
 
 
 def timed(label: str, n: int, work: Callable[[], Any]) -> dict[str, Any]:

@@ -8,10 +8,8 @@ set sampled every ``--every`` seconds, against the size of the model files it lo
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.queries import banking_queries  # noqa: E402
 from bench.stack import scratch_stack, start_worker, stop_worker  # noqa: E402
 from bench.table import print_table  # noqa: E402
 
@@ -62,9 +61,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    with (ROOT / "demo" / "banking77" / "test.csv").open(newline="") as f:
-        texts = [r["text"] for r in csv.DictReader(f)]
-    random.Random(0).shuffle(texts)
+    texts = banking_queries()
 
     from models.registry import load_model_dir
 

@@ -29,11 +29,9 @@ included; ``bench/host_ceiling.py`` runs lines 3 and 4 on a tiny model.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import replace
@@ -43,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.queries import banking_queries  # noqa: E402
 from bench.table import print_lines  # noqa: E402  (first: bench loads llama.cpp first)
 from models.classifier import Classifier, ModelSpec, RuntimeOptions  # noqa: E402
 from models.registry import load_model_dir  # noqa: E402
@@ -250,10 +249,7 @@ def main() -> None:
     args = parser.parse_args()
 
     taxonomy = ROOT / "demo" / "banking77" / "categories.json"
-    with (ROOT / "demo" / "banking77" / "test.csv").open(newline="", encoding="utf-8") as f:
-        pool = [r["text"] for r in csv.DictReader(f)]
-    random.Random(0).shuffle(pool)
-    texts = [pool[i % len(pool)] for i in range(args.docs)]
+    texts = banking_queries(args.docs)
     labels = tuple(json.loads(taxonomy.read_text()))
     gguf, adapter, manifest = load_model_dir(Path(args.model))
     spec = ModelSpec(str(gguf), labels, str(adapter) if adapter else None, manifest)
