@@ -17,10 +17,10 @@ import pytest
 import redis
 
 import migrations
+from bench.scripted_server import ScriptedServer
 from bench.services import Ensured, ensure_services
 from shiftdown.db import dispose_engines
 from shiftdown.settings import get_settings
-from tests.scripted_server import ScriptedServer
 from tests.stack import Stack
 from workers import frontier, slm
 from workers.app import configure

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.scripted_server import ScriptedServer
 from tests.helpers import celery_worker, settle, slm_done, submit
-from tests.scripted_server import ScriptedServer
 
 
 @dataclass

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from bench.scripted_server import ScriptedServer
 from cli.main import cli
 from shiftdown.db import session_scope
 from shiftdown.schema import Document
 from tests.helpers import counts
-from tests.scripted_server import ScriptedServer
 
 # The scripted server bills 120 prompt + 7 completion tokens: $0.00037 at gpt-4o prices.
 CALL_USD = 120 * 2.5e-6 + 7 * 10e-6

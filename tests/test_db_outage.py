@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from bench.tcp_proxy import TcpProxy
 from tests.helpers import counts, figures, slm_done, stop
 from tests.stack import Stack
-from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.faults
 

@@ -13,12 +13,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from bench.scripted_server import ScriptedServer
 from cli.main import cli
 from shiftdown.db import session_scope
 from shiftdown.schema import Document, ModelVersion, Prediction, Run, TeacherExample
 from tests.conftest import ROOT
 from tests.helpers import counts, final_labels
-from tests.scripted_server import ScriptedServer
 from workers.slm import audited
 
 MODEL = ROOT / "demo" / "banking77-lora"

@@ -20,6 +20,8 @@ from click.testing import CliRunner
 from kombu.exceptions import OperationalError
 from sqlalchemy import func, select
 
+from bench.scripted_server import ScriptedServer
+from bench.tcp_proxy import TcpProxy
 from cli.main import cli
 from producers.readers import Record
 from producers.submit import create_run, submit_records
@@ -27,8 +29,6 @@ from shiftdown.db import session_scope
 from shiftdown.schema import Document
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
-from tests.scripted_server import ScriptedServer
-from tests.tcp_proxy import TcpProxy
 from workers import reconcile, slm
 from workers.broker import in_flight
 

@@ -15,12 +15,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from bench.scripted_server import ScriptedServer
 from bench.services import find_binary
 from cli.main import cli
 from shiftdown.db import session_scope
 from shiftdown.schema import DocState, Document
 from tests.helpers import celery_worker, counts, final_labels, stop
-from tests.scripted_server import ScriptedServer
 
 
 @pytest.fixture

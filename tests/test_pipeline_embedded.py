@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from bench.scripted_server import ScriptedServer, completion
 from cli.main import cli
 from producers.escalate import escalate_pending
 from shiftdown.costs import DEFAULT_PRICES
 from shiftdown.db import session_scope
 from shiftdown.schema import DocState, Document, FrontierCall, InputError
 from tests.helpers import counts, final_labels
-from tests.scripted_server import ScriptedServer, completion
 from workers import frontier, slm
 
 

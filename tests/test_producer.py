@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
+from bench.tcp_proxy import TcpProxy
 from cli.main import cli
 from producers.readers import Record
 from producers.submit import CHUNK, create_run, submit_records
@@ -25,7 +26,6 @@ from shiftdown.db import session_scope
 from shiftdown.schema import Document
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
-from tests.tcp_proxy import TcpProxy
 
 
 def _new_run(taxonomy: Path) -> tuple[int, str]:

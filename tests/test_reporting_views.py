@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, text
 
+from bench.scripted_server import ScriptedServer
 from cli.main import cli
 from shiftdown.db import session_scope
 from shiftdown.schema import Prediction
-from tests.scripted_server import ScriptedServer
 
 
 @pytest.mark.parametrize("store", ["sqlite_url", "pg_url"])

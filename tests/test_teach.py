@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from bench.scripted_server import ScriptedServer
 from cli.main import cli
 from shiftdown.costs import DEFAULT_PRICES
 from shiftdown.db import session_scope
 from shiftdown.schema import FrontierCall, TeacherExample
-from tests.scripted_server import ScriptedServer
 
 
 def _ok(*args: str) -> str:

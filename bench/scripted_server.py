@@ -6,12 +6,13 @@ headers, so the openai client and the frontier worker run unchanged against it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 Answer = Callable[[dict[str, Any]], tuple[int, dict[str, Any] | str, dict[str, str]]]
 
@@ -52,7 +53,7 @@ class ScriptedServer:
             {},
         )
 
-    def start(self) -> ScriptedServer:
+    def start(self) -> Self:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,7 +74,9 @@ class ScriptedServer:
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(data)
+                # The client may have given up first (its timeout), as a real API sees too.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
