@@ -18,6 +18,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shiftdown.settings import Settings, get_settings
+from workers import kombu_fix
+
+kombu_fix.apply()
 
 TASK_SLM = "shiftdown.slm.classify_batch"
 TASK_FRONTIER = "shiftdown.frontier.classify"
