@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ from shiftdown.db import session_scope
 from shiftdown.schema import Document
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
+from workers.app import queue_depth
 
 
 def _new_run(taxonomy: Path) -> tuple[int, str]:
@@ -139,3 +141,29 @@ def test_a_broker_blip_mid_chunk_costs_no_task(
     sent = _sent(redis.Redis.from_url(redis_url), queue)
     stored = _stored(run_id)
     assert [doc_id for task in sent for doc_id in task] == stored
+
+
+
+def test_a_broker_outage_under_the_backpressure_check_is_waited_out(
+    use_settings: Callable[..., None], redis_url: str
+) -> None:
+    # The producer asks the queue's depth before its first publish and whenever the room
+    # it was told of is used up. Redis restarting at that moment, its pooled connection
+    # closed and new ones refused, ended the submission with a ConnectionError (found by
+    # the chaos soak), the rest of the input unsent.
+    port = urlsplit(redis_url).port or 6379
+    proxy = TcpProxy(("127.0.0.1", port)).start()
+    use_settings(
+        SHIFTDOWN_BROKER_URL=redis_url.replace(f":{port}", f":{proxy.port}"),
+        SHIFTDOWN_PUBLISH_RETRY_S="20",
+    )
+    redis.Redis.from_url(redis_url).rpush("depth-test", "a", "b")
+    assert queue_depth("depth-test") == 2  # the pool now holds a live connection
+    proxy.cut()
+    back = threading.Timer(2.0, proxy.restore)
+    back.start()
+    try:
+        assert queue_depth("depth-test") == 2
+    finally:
+        back.cancel()
+        proxy.cut()

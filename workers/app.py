@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Celery
 from kombu.exceptions import ChannelError
@@ -26,6 +27,7 @@ TASK_SLM = "shiftdown.slm.classify_batch"
 TASK_FRONTIER = "shiftdown.frontier.classify"
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 app = Celery("shiftdown", include=["workers.slm", "workers.frontier", "workers.sweeping"])
 
@@ -108,18 +110,25 @@ def dispatch(
         if not _broker_trouble(exc):
             raise
         log.warning("publishing %s failed (%r); trying again on a fresh connection", name, exc)
-    # Celery's own retries reuse the producer's channel, and after a dropped connection
-    # kombu's Redis channel is left without one: each retry then fails at once with an
-    # AttributeError, well inside Celery's default policy of 3 retries in 0.6 s. So each
-    # attempt here makes a connection of its own.
+    _on_fresh_connections(lambda conn: _send(name, args, queue, None, declare, connection=conn))
+
+
+def _on_fresh_connections(call: Callable[[Any], T]) -> T:
+    """``call(connection)`` on a new broker connection each try, while the broker is
+    away, for up to ``SHIFTDOWN_PUBLISH_RETRY_S``.
+
+    Celery's own retries reuse the producer's channel, and after a dropped connection
+    kombu's Redis channel is left without one: each retry then fails at once with an
+    AttributeError, well inside Celery's default policy of 3 retries in 0.6 s. So each
+    attempt here makes a connection of its own.
+    """
     deadline = time.monotonic() + get_settings().publish_retry_s
     delay = 0.25
     while True:
         time.sleep(delay)
         try:
             with app.connection_for_write() as conn:
-                _send(name, args, queue, None, declare, connection=conn)
-            return
+                return call(conn)
         except Exception as exc:
             if not _broker_trouble(exc) or time.monotonic() + delay > deadline:
                 raise
@@ -157,12 +166,23 @@ def queue_depth(queue: str) -> int:
     if app.conf.task_always_eager:
         return 0
     # From the app's pool: a fresh connection per call cost more than the message.
-    with app.pool.acquire(block=True) as conn:
-        try:
-            declared = conn.default_channel.queue_declare(queue=queue, passive=True)
-        except ChannelError:  # Redis has no key for an empty queue
-            return 0
-        return int(declared.message_count)
+    try:
+        with app.pool.acquire(block=True) as conn:
+            return _depth(conn, queue)
+    except Exception as exc:
+        if not _broker_trouble(exc):
+            raise
+        # A producer asks between publishes: the broker is waited for as a publish is.
+        log.warning("asking the depth of %s failed (%r); trying again", queue, exc)
+    return _on_fresh_connections(lambda conn: _depth(conn, queue))
+
+
+def _depth(conn: Any, queue: str) -> int:
+    try:
+        declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+    except ChannelError:  # Redis has no key for an empty queue
+        return 0
+    return int(declared.message_count)
 
 
 configure()
