@@ -146,6 +146,32 @@ def _record(document_id: int, run_id: int, result: FrontierResult, final: bool, 
         return attempt
 
 
+# The lease outlives the longest call by 30 s (lease_s): while it holds, no other
+# delivery calls the frontier for this document, so an answer already paid for can wait
+# here for the store to come back instead of being bought again on redelivery.
+RECORD_PATIENCE_S = 25.0
+
+
+def _record_paid(
+    document_id: int, run_id: int, result: FrontierResult, final: bool, audit: bool
+) -> int:
+    deadline = time.monotonic() + RECORD_PATIENCE_S
+    delay = 0.5
+    while True:
+        try:
+            return _record(document_id, run_id, result, final, audit)
+        except OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning(
+                "recording the frontier answer for document %d failed (%s); trying again",
+                document_id,
+                type(exc).__name__,
+            )
+            time.sleep(delay)
+            delay = min(2 * delay, 4.0)
+
+
 def stage_source(stage: str) -> str:
     """The teacher-example source of a frontier answer given at ``stage``."""
     return "audit" if stage == Stage.AUDIT else "escalation"
@@ -280,7 +306,7 @@ def process_document(
             release_lease(session, document_id)
         raise
     final = result.status != RETRYABLE or not retries_left
-    attempt = _record(document_id, run_id, result, final, audit)
+    attempt = _record_paid(document_id, run_id, result, final, audit)
     if result.status != OK:
         log.warning("frontier attempt %d for document %d: %s", attempt, document_id, result.error)
     return result
