@@ -30,7 +30,7 @@ from models.policy import (
 from models.registry import find_version, task_taxonomy, update_manifest, version_number
 from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
-from shiftdown.reporting import frontier_usd_per_document
+from shiftdown.savings import frontier_usd_per_document
 from shiftdown.schema import ModelVersion, Task
 from shiftdown.settings import get_settings
 

@@ -33,7 +33,7 @@ from models.teacher import read_labelled
 from producers.teach import teacher_set
 from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
-from shiftdown.reporting import frontier_usd_per_document
+from shiftdown.savings import frontier_usd_per_document
 from shiftdown.schema import ModelVersion, Task, TeacherExample
 from shiftdown.settings import get_settings
 from workers.slm import runtime_options

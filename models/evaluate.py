@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from models.classifier import Classifier
 from models.scores import Scores, score
+from shiftdown.charts import COLORS, chart, label_axes, percent_axis, save_png
 
 COVERAGES = (0.5, 0.7, 0.8, 0.9, 0.95)
 
@@ -107,30 +108,38 @@ def write_chart(
     path: Path, confidence: npt.NDArray[np.float64], correct: npt.NDArray[np.bool_], title: str
 ) -> None:
     """PNG with a reliability diagram and the accuracy-vs-coverage curve (needs matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     edges = np.linspace(0, 1, 11)
     mids, accs = [], []
     for lo, hi in pairwise(edges):
         in_bin = (confidence > lo) & (confidence <= hi)
         if in_bin.any():
-            mids.append((lo + hi) / 2)
-            accs.append(correct[in_bin].mean())
-    left.bar(mids, accs, width=0.09, color="#4c72b0", label="accuracy in bin")
-    left.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    left.set(xlabel="confidence", ylabel="accuracy", title="Reliability", xlim=(0, 1), ylim=(0, 1))
-    left.legend(loc="upper left")
+            mids.append(100 * (lo + hi) / 2)
+            accs.append(100 * correct[in_bin].mean())
     coverages = np.linspace(0.05, 1.0, 40)
-    right.plot(coverages * 100, [accuracy_at_coverage(confidence, correct, c) for c in coverages])
-    right.set(
-        xlabel="coverage (% most confident kept)", ylabel="accuracy", title="Accuracy vs coverage"
-    )
-    right.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with chart(width=10, height=4.4, ncols=2) as (fig, (left, right)):
+        left.bar(mids, accs, width=9, color=COLORS["slm"], label="accuracy in bin")
+        left.plot([0, 100], [0, 100], "--", color=COLORS["muted"], label="perfect calibration")
+        left.set(xlim=(0, 100), ylim=(0, 100))
+        left.legend(loc="upper left")
+        label_axes(
+            left,
+            "Reliability: bars on the diagonal are calibrated",
+            "confidence of the small model (%)",
+            "accuracy (%)",
+        )
+        right.plot(
+            coverages * 100,
+            [100 * accuracy_at_coverage(confidence, correct, c) for c in coverages],
+            color=COLORS["slm"],
+        )
+        label_axes(
+            right,
+            "Accuracy of the documents kept",
+            "coverage: most confident share kept (%)",
+            "accuracy (%)",
+        )
+        for ax in (left, right):
+            percent_axis(ax.xaxis)
+            percent_axis(ax.yaxis)
+        fig.suptitle(title)
+        save_png(fig, path)

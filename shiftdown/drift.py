@@ -30,15 +30,23 @@ class DriftCheck:
         return abs(self.observed - self.expected) > self.band
 
     def message(self) -> str:
-        """One line for the report."""
-        if self.observed is None or self.expected is None:
-            return f"{self.measure}: no reference ({self.basis})"
+        """One sentence for the report."""
+        if self.observed is None:
+            return f"{self.measure}: nothing measured in this run"
+        seen = f"{self.measure} {100 * self.observed:.1f} %"
+        if self.expected is None:
+            # A basis that already says why there is nothing to compare reads as is.
+            why = self.basis if self.basis.startswith("no ") else f"no reference ({self.basis})"
+            return f"{seen}, {why}"
         if self.documents < MIN_DOCUMENTS:
-            return f"{self.measure}: {self.documents} documents, too few to judge"
+            return (
+                f"{seen} on {self.documents} documents, too few to judge drift "
+                f"(at least {MIN_DOCUMENTS} needed)"
+            )
         verdict = "DRIFT" if self.flagged else "steady"
         return (
-            f"{self.measure} {100 * self.observed:.1f} % vs {100 * self.expected:.1f} % "
-            f"expected ({self.basis}, band ±{100 * self.band:.1f} pts): {verdict}"
+            f"{seen} against {100 * self.expected:.1f} % expected ({self.basis}, "
+            f"band ±{100 * self.band:.1f} points): {verdict}"
         )
 
     def as_dict(self) -> dict[str, object]:

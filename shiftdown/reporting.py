@@ -14,10 +14,9 @@ import numpy as np
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, aliased
 
-from shiftdown.costs import cost_usd
 from shiftdown.drift import MIN_DOCUMENTS, DriftCheck
 from shiftdown.errors import ConfigError
-from shiftdown.prompts import estimate_tokens
+from shiftdown.savings import break_even, counterfactual, projection
 from shiftdown.schema import (
     DocState,
     Document,
@@ -28,7 +27,6 @@ from shiftdown.schema import (
     Run,
     Stage,
     Task,
-    TeacherExample,
 )
 from shiftdown.settings import Settings
 from shiftdown.taxonomy import Taxonomy
@@ -60,32 +58,34 @@ def documents_by_state(session: Session, run_id: int) -> dict[str, int]:
     )
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50_ms": None, "p95_ms": None, "n": 0}
-    p50, p95 = np.percentile(np.asarray(values), [50, 95])
-    return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "n": len(values)}
-
-
-def frontier_usd_per_document(
-    session: Session, task_name: str, taxonomy: Taxonomy, mean_chars: float, settings: Settings
-) -> tuple[float, str]:
-    """What the frontier costs per escalated document of this task, and on what basis:
-    the recorded calls (every billed attempt, retries included) when there are any, else
-    the price table applied to an estimate from text length."""
-    spent, documents = session.execute(
-        select(func.sum(FrontierCall.cost_usd), func.count(func.distinct(FrontierCall.document_id)))
-        .join(Run, Run.id == FrontierCall.run_id)
-        .where(Run.task_name == task_name, FrontierCall.document_id.is_not(None))
-    ).one()
-    if documents and spent is not None:
-        return float(spent) / documents, f"recorded calls on {documents} documents"
-    price_model = settings.frontier_price_model or settings.frontier_model
-    prompt, completion = estimate_tokens(taxonomy, mean_chars)
-    usd = cost_usd(price_model, round(prompt), round(completion), settings.price_table())
-    if usd is None:
-        raise ConfigError(f"no price for {price_model!r}: add it to SHIFTDOWN_PRICES")
-    return usd, f"{price_model} list price, tokens estimated from text length"
+def latency_percentiles(session: Session, run_id: int) -> dict[str, dict[str, Any]]:
+    """p50 and p95 latency per stage (nearest rank, as the ``latency_percentiles`` view),
+    ranked in the store."""
+    ranked = (
+        select(
+            Prediction.stage,
+            Prediction.latency_ms,
+            func.row_number()
+            .over(partition_by=Prediction.stage, order_by=Prediction.latency_ms)
+            .label("rn"),
+            func.count().over(partition_by=Prediction.stage).label("n"),
+        )
+        .where(Prediction.run_id == run_id)
+        .subquery()
+    )
+    figures: dict[str, dict[str, Any]] = {
+        stage: {"p50_ms": None, "p95_ms": None, "n": 0} for stage in (Stage.SLM, Stage.FRONTIER)
+    }
+    for stage, n, p50, p95 in session.execute(
+        select(
+            ranked.c.stage,
+            ranked.c.n,
+            func.min(case((ranked.c.rn >= 0.5 * ranked.c.n, ranked.c.latency_ms))),
+            func.min(case((ranked.c.rn >= 0.95 * ranked.c.n, ranked.c.latency_ms))),
+        ).group_by(ranked.c.stage, ranked.c.n)
+    ):
+        figures[stage] = {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "n": n}
+    return figures
 
 
 def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, Any]:
@@ -107,11 +107,6 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
         ).all()
     )
     n_final = sum(final_by_stage.values())
-    latencies: dict[str, list[float]] = {Stage.SLM: [], Stage.FRONTIER: []}
-    for stage, latency in session.execute(
-        select(Prediction.stage, Prediction.latency_ms).where(Prediction.run_id == run_id)
-    ):
-        latencies.setdefault(stage, []).append(latency)
     escalated, n_slm = escalation_counts(session, run)
     escalation_rate = escalated / n_slm if n_slm else None
     audit = agreement(session, run_id, Stage.AUDIT)
@@ -139,28 +134,14 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
         ).where(FrontierCall.run_id == run_id)
     ).one()
     n_calls, prompt_tokens, completion_tokens, spent, n_priced = calls
-    ok_tokens = session.execute(
-        select(
-            func.count(),
-            func.avg(FrontierCall.prompt_tokens),
-            func.avg(FrontierCall.completion_tokens),
-        ).where(FrontierCall.run_id == run_id, FrontierCall.status == "ok")
-    ).one()
-    price_model = settings.frontier_price_model or settings.frontier_model
-    if ok_tokens[0]:
-        basis = f"mean tokens of {ok_tokens[0]} recorded frontier calls"
-        mean_prompt, mean_completion = float(ok_tokens[1] or 0), float(ok_tokens[2] or 0)
-    else:
-        mean_chars = session.scalar(
-            select(func.avg(func.length(Document.text))).where(Document.run_id == run_id)
-        )
-        mean_prompt, mean_completion = estimate_tokens(taxonomy, float(mean_chars or 0))
-        basis = "estimated from text length (no frontier call recorded)"
-    per_doc = cost_usd(
-        price_model, round(mean_prompt), round(mean_completion), settings.price_table()
-    )
-    counterfactual = per_doc * n_docs if per_doc is not None else None
     spent = float(spent or 0.0)
+    cf = counterfactual(session, run, taxonomy, states, spent, settings)
+    per_doc = cf["all_frontier_usd_per_1k_docs"]
+    ahead = projection(
+        session, run, taxonomy, states, spent, escalation_rate, cf["all_frontier_usd"], settings
+    )
+    # Break-even at what the run will have cost once its waiting documents are paid for.
+    final_spend = ahead["projected_usd"] if ahead and "projected_usd" in ahead else spent
     return {
         "run_id": run.id,
         "task": run.task_name,
@@ -186,30 +167,24 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
         ],
         "elapsed_s": round(elapsed, 3) if elapsed is not None else None,
         "docs_per_s": round(n_final / elapsed, 2) if elapsed else None,
-        "latency": {stage: _percentiles(values) for stage, values in latencies.items()},
+        "latency": latency_percentiles(session, run_id),
         "frontier": {
             "calls": n_calls,
             "unpriced_calls": n_calls - n_priced,
             "prompt_tokens": int(prompt_tokens),
             "completion_tokens": int(completion_tokens),
             "usd": round(spent, 6),
-            "price_model": price_model,
+            "price_model": settings.frontier_price_model or settings.frontier_model,
         },
         "usd_per_1k_docs": round(spent / n_docs * 1000, 6) if n_docs else None,
-        "counterfactual": {
-            "all_frontier_usd": round(counterfactual, 6) if counterfactual is not None else None,
-            "all_frontier_usd_per_1k_docs": round(per_doc * 1000, 6)
-            if per_doc is not None
-            else None,
-            "saving_pct": round(100 * (1 - spent / counterfactual), 2) if counterfactual else None,
-            "basis": basis,
-        },
+        "counterfactual": cf,
+        "projection": ahead,
         "break_even": break_even(
             session,
             run.task_name,
             version,
-            spent / n_docs if n_docs else None,
-            per_doc,
+            final_spend / n_docs if n_docs else None,
+            per_doc / 1000 if per_doc is not None else None,
             settings,
         ),
     }
@@ -266,13 +241,22 @@ def drift_checks(
     version's held-out figures when a policy is stored, else its earlier runs."""
     fitted = ((version.manifest or {}).get("policy") or {}).get("fitted", {}) if version else {}
     if fitted:
-        basis = "held-out data of the policy"
+        basis = kept_basis = "held-out data of the policy"
         expected_rate, expected_kept = fitted.get("escalation_rate"), fitted.get("kept_accuracy")
     else:
         earlier = [run_report_basics(session, r) for r in _earlier_runs(session, run)]
         rates = [e for e, n, _ in earlier if e is not None and n >= MIN_DOCUMENTS]
         kept = [a for _, _, a in earlier if a is not None]
         basis = f"{len(rates)} earlier run(s) of this model"
+        kept_basis = f"{len(kept)} earlier run(s) of this model"
+        if not rates:
+            basis = (
+                f"no earlier run of {MIN_DOCUMENTS}+ documents to compare"
+                if earlier
+                else "no earlier runs to compare"
+            )
+        if not kept:
+            kept_basis = "no audited earlier runs to compare"
         expected_rate = float(np.mean(rates)) if rates else None
         expected_kept = float(np.mean(kept)) if kept else None
     return [
@@ -285,7 +269,7 @@ def drift_checks(
             expected_kept,
             audit["documents"],
             settings.drift_band,
-            basis,
+            kept_basis,
         ),
     ]
 
@@ -314,81 +298,3 @@ def run_report_basics(session: Session, run: Run) -> tuple[float | None, int, fl
     audited = agreement(session, run.id, Stage.AUDIT)
     audited_ok = audited["agreement"] if audited["documents"] >= MIN_DOCUMENTS else None
     return (escalated / n if n else None), n, audited_ok
-
-
-def break_even(
-    session: Session,
-    task_name: str,
-    version: ModelVersion | None,
-    usd_per_doc: float | None,
-    all_frontier_usd_per_doc: float | None,
-    settings: Settings,
-) -> dict[str, Any]:
-    """The switch's one-off cost (teacher labels, fine-tuning compute) and how many
-    documents at this run's measured cost per document pay it back."""
-    teacher_usd = session.scalar(
-        select(func.coalesce(func.sum(FrontierCall.cost_usd), 0.0))
-        .join(TeacherExample, TeacherExample.frontier_call_id == FrontierCall.id)
-        .where(TeacherExample.task_name == task_name, TeacherExample.source == "frontier")
-    )
-    seconds = float((version.manifest or {}).get("train_seconds") or 0.0) if version else 0.0
-    finetune_usd = seconds / 3600.0 * settings.finetune_usd_per_hour
-    one_off = float(teacher_usd or 0.0) + finetune_usd
-    saving = (
-        all_frontier_usd_per_doc - usd_per_doc
-        if all_frontier_usd_per_doc is not None and usd_per_doc is not None
-        else None
-    )
-    return {
-        "teacher_usd": round(float(teacher_usd or 0.0), 6),
-        "finetune_seconds": seconds,
-        "finetune_usd": round(finetune_usd, 6),
-        "one_off_usd": round(one_off, 6),
-        "saving_per_1k_docs": round(1000 * saving, 6) if saving is not None else None,
-        "break_even_documents": (
-            round(one_off / saving) if saving and saving > 0 else (0 if one_off == 0 else None)
-        ),
-    }
-
-
-def run_series(session: Session, run_id: int, settings: Settings) -> dict[str, Any]:
-    """Time series and distributions behind the report's charts."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise ConfigError(f"no run {run_id}")
-    rows = session.execute(
-        select(Prediction.created_at, Prediction.stage, Prediction.latency_ms, Prediction.cost_usd)
-        .where(Prediction.run_id == run_id)
-        .order_by(Prediction.created_at)
-    ).all()
-    start = _utc(run.created_at)
-    per_doc = run_report(session, run_id, settings)["counterfactual"][
-        "all_frontier_usd_per_1k_docs"
-    ]
-    cumulative, spent, seen = [], 0.0, 0
-    for created, stage, _, cost in rows:
-        if stage == Stage.SLM:
-            seen += 1
-        spent += cost or 0.0
-        t = (_utc(created) - start).total_seconds() if start and created else 0.0  # type: ignore[operator]
-        cumulative.append((round(t, 3), spent, seen * (per_doc or 0.0) / 1000))
-    by_label = [
-        (label, n, esc)
-        for label, n, esc in session.execute(
-            select(
-                Prediction.label,
-                func.count(),
-                func.sum(case((Prediction.confidence < run.threshold, 1), else_=0)),
-            )
-            .where(Prediction.run_id == run_id, Prediction.stage == Stage.SLM)
-            .group_by(Prediction.label)
-        )
-    ]
-    return {
-        "slm_times": [c[0] for c, r in zip(cumulative, rows, strict=True) if r[1] == Stage.SLM],
-        "cumulative_cost": cumulative,
-        "escalation_by_label": sorted(by_label, key=lambda r: -(r[2] or 0) / r[1]),
-        "latency_ms": {
-            stage: [r[2] for r in rows if r[1] == stage] for stage in (Stage.SLM, Stage.FRONTIER)
-        },
-    }

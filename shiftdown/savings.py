@@ -1,0 +1,193 @@
+"""What the cascade saves against sending every document to the frontier: so far, and
+projected once the documents still waiting for the frontier (parked, or queued behind
+a budget cap) are paid for; and the documents it takes to pay back the switch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shiftdown.costs import cost_usd
+from shiftdown.errors import ConfigError
+from shiftdown.prompts import estimate_tokens
+from shiftdown.schema import (
+    DocState,
+    Document,
+    FrontierCall,
+    ModelVersion,
+    Run,
+    TeacherExample,
+)
+from shiftdown.settings import Settings
+from shiftdown.taxonomy import Taxonomy
+
+WAITING_FOR_FRONTIER = (DocState.ESCALATED, DocState.AWAITING_FRONTIER)
+
+
+def frontier_usd_per_document(
+    session: Session, task_name: str, taxonomy: Taxonomy, mean_chars: float, settings: Settings
+) -> tuple[float, str]:
+    """What the frontier costs per escalated document of this task, and on what basis:
+    the recorded calls (every billed attempt, retries included) when there are any, else
+    the price table applied to an estimate from text length."""
+    spent, documents = session.execute(
+        select(func.sum(FrontierCall.cost_usd), func.count(func.distinct(FrontierCall.document_id)))
+        .join(Run, Run.id == FrontierCall.run_id)
+        .where(Run.task_name == task_name, FrontierCall.document_id.is_not(None))
+    ).one()
+    if documents and spent is not None:
+        return float(spent) / documents, f"recorded calls on {documents} documents"
+    price_model = settings.frontier_price_model or settings.frontier_model
+    prompt, completion = estimate_tokens(taxonomy, mean_chars)
+    usd = cost_usd(price_model, round(prompt), round(completion), settings.price_table())
+    if usd is None:
+        raise ConfigError(f"no price for {price_model!r}: add it to SHIFTDOWN_PRICES")
+    return usd, f"{price_model} list price, tokens estimated from text length"
+
+
+def all_frontier_usd_per_document(
+    session: Session, run: Run, taxonomy: Taxonomy, settings: Settings
+) -> tuple[float | None, str]:
+    """What one document of this run would cost at the frontier, at list price: the mean
+    tokens of the run's successful calls, else of the task's (a run whose escalations
+    are parked has none of its own), else tokens estimated from text length."""
+    mean_prompt = mean_completion = 0.0
+    basis = ""
+    for scope, where in (
+        ("", FrontierCall.run_id == run.id),
+        (f" of task {run.task_name}", Run.task_name == run.task_name),
+    ):
+        n_ok, prompt, completion = session.execute(
+            select(
+                func.count(),
+                func.avg(FrontierCall.prompt_tokens),
+                func.avg(FrontierCall.completion_tokens),
+            )
+            .join(Run, Run.id == FrontierCall.run_id)
+            .where(where, FrontierCall.status == "ok")
+        ).one()
+        if n_ok:
+            basis = f"mean tokens of {n_ok} recorded frontier calls{scope}"
+            mean_prompt, mean_completion = float(prompt or 0), float(completion or 0)
+            break
+    if not basis:
+        mean_chars = session.scalar(
+            select(func.avg(func.length(Document.text))).where(Document.run_id == run.id)
+        )
+        mean_prompt, mean_completion = estimate_tokens(taxonomy, float(mean_chars or 0))
+        basis = "estimated from text length (no frontier call recorded)"
+    price_model = settings.frontier_price_model or settings.frontier_model
+    per_doc = cost_usd(
+        price_model, round(mean_prompt), round(mean_completion), settings.price_table()
+    )
+    return per_doc, basis
+
+
+def counterfactual(
+    session: Session,
+    run: Run,
+    taxonomy: Taxonomy,
+    states: dict[str, int],
+    spent: float,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The all-frontier cost of the run, and of the documents that left the SLM queue so
+    far, with the saving the cascade made on those."""
+    per_doc, basis = all_frontier_usd_per_document(session, run, taxonomy, settings)
+    n_docs = sum(states.values())
+    handled = n_docs - states.get(DocState.QUEUED, 0)
+    so_far = per_doc * handled if per_doc is not None else None
+    return {
+        "all_frontier_usd": round(per_doc * n_docs, 6) if per_doc is not None else None,
+        "all_frontier_usd_per_1k_docs": round(per_doc * 1000, 6) if per_doc is not None else None,
+        "handled_documents": handled,
+        "so_far_usd": round(so_far, 6) if so_far is not None else None,
+        "saving_pct": round(100 * (1 - spent / so_far), 2) if so_far else None,
+        "basis": basis,
+    }
+
+
+def projection(
+    session: Session,
+    run: Run,
+    taxonomy: Taxonomy,
+    states: dict[str, int],
+    spent: float,
+    escalation_rate: float | None,
+    all_frontier_usd: float | None,
+    settings: Settings,
+) -> dict[str, Any] | None:
+    """The run's spend and saving once every document still owed a frontier answer is
+    paid for, at the measured (else estimated) cost per escalation; None when nothing
+    waits. Documents still queued for the SLM count at the run's escalation rate."""
+    waiting = sum(states.get(s, 0) for s in WAITING_FOR_FRONTIER)
+    queued = states.get(DocState.QUEUED, 0)
+    share = 1.0 if run.slm_bypass else (escalation_rate or 0.0)
+    expected = waiting + queued * share
+    if not expected:
+        return None
+    mean_chars = session.scalar(
+        select(func.avg(func.length(Document.text))).where(
+            Document.run_id == run.id, Document.state.in_(WAITING_FOR_FRONTIER)
+        )
+    ) or session.scalar(
+        select(func.avg(func.length(Document.text))).where(Document.run_id == run.id)
+    )
+    figures: dict[str, Any] = {
+        "waiting_documents": waiting,
+        "queued_documents": queued,
+        "expected_escalations": round(expected, 2),
+    }
+    try:
+        usd, basis = frontier_usd_per_document(
+            session, run.task_name, taxonomy, float(mean_chars or 0), settings
+        )
+    except ConfigError as e:
+        return figures | {"usd_per_escalation": None, "basis": str(e)}
+    projected = spent + expected * usd
+    return figures | {
+        "usd_per_escalation": round(usd, 8),
+        "basis": basis,
+        "projected_usd": round(projected, 6),
+        "saving_pct": round(100 * (1 - projected / all_frontier_usd), 2)
+        if all_frontier_usd
+        else None,
+    }
+
+
+def break_even(
+    session: Session,
+    task_name: str,
+    version: ModelVersion | None,
+    usd_per_doc: float | None,
+    all_frontier_usd_per_doc: float | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The switch's one-off cost (teacher labels, fine-tuning compute) and how many
+    documents at this run's measured cost per document pay it back."""
+    teacher_usd = session.scalar(
+        select(func.coalesce(func.sum(FrontierCall.cost_usd), 0.0))
+        .join(TeacherExample, TeacherExample.frontier_call_id == FrontierCall.id)
+        .where(TeacherExample.task_name == task_name, TeacherExample.source == "frontier")
+    )
+    seconds = float((version.manifest or {}).get("train_seconds") or 0.0) if version else 0.0
+    finetune_usd = seconds / 3600.0 * settings.finetune_usd_per_hour
+    one_off = float(teacher_usd or 0.0) + finetune_usd
+    saving = (
+        all_frontier_usd_per_doc - usd_per_doc
+        if all_frontier_usd_per_doc is not None and usd_per_doc is not None
+        else None
+    )
+    return {
+        "teacher_usd": round(float(teacher_usd or 0.0), 6),
+        "finetune_seconds": seconds,
+        "finetune_usd": round(finetune_usd, 6),
+        "one_off_usd": round(one_off, 6),
+        "saving_per_1k_docs": round(1000 * saving, 6) if saving is not None else None,
+        "break_even_documents": (
+            round(one_off / saving) if saving and saving > 0 else (0 if one_off == 0 else None)
+        ),
+    }
