@@ -609,6 +609,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=float)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # Killed from outside (a CI timeout, kill), the soak still stops its workers and
+    # servers on the way out: SIGTERM unwinds like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = []
     for seed in args.seeds or [args.seed]:
         result = soak(

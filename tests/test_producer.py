@@ -143,7 +143,6 @@ def test_a_broker_blip_mid_chunk_costs_no_task(
     assert [doc_id for task in sent for doc_id in task] == stored
 
 
-
 def test_a_broker_outage_under_the_backpressure_check_is_waited_out(
     use_settings: Callable[..., None], redis_url: str
 ) -> None:
