@@ -59,7 +59,9 @@ from pydantic import SecretStr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.scripted_server import offered_labels  # noqa: E402
 from models.calibration import fit_temperature  # noqa: E402
+from models.candidates import gold_ranks, recall_curve  # noqa: E402
 from models.classifier import Classifier, ModelSpec, RuntimeOptions  # noqa: E402
 from models.policy import (  # noqa: E402
     KEPT_ACCURACY,
@@ -71,10 +73,12 @@ from models.policy import (  # noqa: E402
     fit_policy,
     outcome,
 )
+from models.ranking import compare_signals  # noqa: E402
 from models.registry import load_model_dir  # noqa: E402
 from models.scores import Scores, score  # noqa: E402
 from models.teacher import read_labelled  # noqa: E402
 from shiftdown.costs import DEFAULT_PRICES, cost_usd  # noqa: E402
+from shiftdown.prompts import NONE_OF_THESE  # noqa: E402
 from shiftdown.settings import Settings  # noqa: E402
 from shiftdown.taxonomy import Taxonomy  # noqa: E402
 from workers.frontier_client import OK, FrontierClient, FrontierResult  # noqa: E402
@@ -140,15 +144,16 @@ def score_with_progress(clf: Classifier, examples: Examples, name: str) -> Score
 # -------------------------------------------------------------------------- policy
 
 
-def fit_on_heldout(scores: Scores, target: Target, per_label: bool) -> Policy:
+def fit_on_heldout(scores: Scores, target: Target, per_label: bool, target_recall: float) -> Policy:
     """Temperature, then thresholds, both from the held-out scores.
 
     For escalation-rate and kept-accuracy targets the thresholds do not depend on the
     price of an escalation, so none is needed before the frontier has been measured.
     """
     temperature = fit_temperature(scores.logits, scores.gold)
-    return fit_policy(
-        scores.confidence(temperature),
+    conf = scores.confidence(temperature)
+    policy = fit_policy(
+        conf,
         scores.predicted,
         scores.correct,
         target,
@@ -156,6 +161,9 @@ def fit_on_heldout(scores: Scores, target: Target, per_label: bool) -> Policy:
         per_label=per_label,
         temperature=temperature,
     )
+    if target_recall:
+        policy.fit_candidates(scores.logits, scores.gold, scores.predicted, conf, target_recall)
+    return policy
 
 
 # ------------------------------------------------------------------------ stand-in
@@ -265,7 +273,13 @@ def make_handler(
                 return
             users = [m for m in request.get("messages", []) if m.get("role") == "user"]
             text = message_text(users[-1].get("content")) if users else ""
-            content = json.dumps({"label": answers.get(text, fallback)})
+            label = answers.get(text, fallback)
+            offered = offered_labels(request)
+            if offered is not None and label not in offered:
+                # It answers only from what it is offered, as a real model must: a wrong
+                # narrowing costs a second call (or accuracy), never a free right answer.
+                label = NONE_OF_THESE if NONE_OF_THESE in offered else offered[0]
+            content = json.dumps({"label": label})
             body = completion_body(request, content, counter)
             # The delay is the server's whole time on the request, tokenizing included.
             time.sleep(max(0.0, delay_s - (time.perf_counter() - received)))
@@ -350,6 +364,55 @@ def frontier_pass(
     return FrontierPass(results, time.perf_counter() - start)
 
 
+def narrowed_pass(
+    base_url: str,
+    texts: Sequence[str],
+    taxonomy: Taxonomy,
+    candidates: Sequence[list[str]],
+    concurrency: int,
+) -> list[list[FrontierResult]]:
+    """Each text's calls when its request offers only ``candidates`` (and "none of
+    these"): one call, or two when the first declines and the whole taxonomy follows."""
+    client = FrontierClient(frontier_settings(base_url))
+
+    def calls(job: tuple[str, list[str]]) -> list[FrontierResult]:
+        text, offered = job
+        first = client.classify(text, taxonomy, offered)
+        return [first, client.classify(text, taxonomy)] if first.declined else [first]
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(calls, zip(texts, candidates, strict=True)))
+
+
+def narrowed_line(
+    slm: Scores,
+    escalate: npt.NDArray[np.bool_],
+    narrowed: list[list[FrontierResult]],
+) -> dict[str, float]:
+    """The cascade with narrowed requests: ``narrowed`` holds the calls of each
+    escalated document, in document order."""
+    final: list[str | None] = list(slm.predicted)
+    latency = slm.latency_ms.copy()
+    usd = {m: 0.0 for m in PRICED}
+    for i, calls in zip(np.flatnonzero(escalate), narrowed, strict=True):
+        last = calls[-1]
+        final[i] = last.label if last.status == OK else None
+        latency[i] += sum(c.latency_ms for c in calls)
+        for m in PRICED:
+            usd[m] += sum(
+                cost_usd(m, c.prompt_tokens, c.completion_tokens, DEFAULT_PRICES, c.cached_tokens)
+                or 0.0
+                for c in calls
+            )
+    return line(final, slm.gold_labels, escalate, latency, usd)
+
+
+def top_labels(probs: npt.NDArray[np.float64], labels: Sequence[str], k: int) -> list[list[str]]:
+    """Each row's ``k`` most probable labels, most probable first."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[labels[j] for j in row] for row in order]
+
+
 # --------------------------------------------------------------------------- lines
 
 
@@ -398,9 +461,9 @@ def three_lines(
     }
 
 
-def ratios(lines: dict[str, dict[str, float]]) -> dict[str, float | None]:
-    """Cascade over all-frontier: cost and latency."""
-    cascade, frontier = lines["cascade"], lines["all_frontier"]
+def ratios(lines: dict[str, dict[str, float]], name: str = "cascade") -> dict[str, float | None]:
+    """A cascade line (``name``) over all-frontier: cost and latency."""
+    cascade, frontier = lines[name], lines["all_frontier"]
     keys = ("usd_per_1k", "usd_per_1k_gpt4", "mean_latency_ms", "p95_latency_ms")
     return {k: round(cascade[k] / frontier[k], 4) if frontier[k] else None for k in keys}
 
@@ -435,20 +498,45 @@ def print_lines(name: str, lines: dict[str, dict[str, float]], frontier: Frontie
         f"{frontier.wall_s:.1f} s, {frontier.failures} failed)"
     )
     print(
-        f"{'line':<14}{'accuracy':>10}{'escalated':>11}{'$/1k 4o':>10}{'$/1k gpt-4':>12}"
+        f"{'line':<18}{'accuracy':>10}{'escalated':>11}{'$/1k 4o':>10}{'$/1k gpt-4':>12}"
         f"{'mean ms':>10}{'p95 ms':>10}"
     )
     for key, v in lines.items():
         print(
-            f"{key:<14}{pct(v['accuracy']):>10}{pct(v['escalation_rate']):>11}"
+            f"{key:<18}{pct(v['accuracy']):>10}{pct(v['escalation_rate']):>11}"
             f"{v['usd_per_1k']:>10.4f}{v['usd_per_1k_gpt4']:>12.4f}"
             f"{v['mean_latency_ms']:>10.1f}{v['p95_latency_ms']:>10.1f}"
         )
-    r = ratios(lines)
-    print(
-        f"cascade / all_frontier: cost {r['usd_per_1k']} (gpt-4o), {r['usd_per_1k_gpt4']} "
-        f"(gpt-4); mean latency {r['mean_latency_ms']}; p95 latency {r['p95_latency_ms']}"
-    )
+    for cascade in ("cascade", "cascade_narrowed"):
+        if cascade not in lines:
+            continue
+        r = ratios(lines, cascade)
+        print(
+            f"{cascade} / all_frontier: cost {r['usd_per_1k']} (gpt-4o), {r['usd_per_1k_gpt4']} "
+            f"(gpt-4); mean latency {r['mean_latency_ms']}; p95 latency {r['p95_latency_ms']}"
+        )
+
+
+def print_ranking(report: dict[str, dict[str, dict[str, float]]]) -> None:
+    print("\nranking escalations (2-fold: temperature fitted on one half, judged on the other)")
+    print(f"{'signal':<18}{'data':>9}{'AURC':>9}{'kept acc @90 %':>16}")
+    for data, signals in report.items():
+        for name, f in signals.items():
+            print(f"{name:<18}{data:>9}{f['aurc']:>9.4f}{pct(f['kept_accuracy_at_90']):>16}")
+
+
+def print_candidates(report: dict[str, Any]) -> None:
+    rule, curves = report["rule"], report["recall_at_k"]
+    if rule:
+        print(
+            f"\nnarrowing: the SLM's top {rule['k']} labels and 'none of these'; recall "
+            f"{pct(rule['recall'])} for a target of {pct(rule['target_recall'])} on "
+            f"{rule['documents']} held-out documents ({rule['chosen_on']})"
+        )
+    print("top-k recall: share of documents whose true label is among the SLM's top k")
+    print(f"{'k':>4}" + "".join(f"{name:>20}" for name in curves))
+    for k in range(len(next(iter(curves.values())))):
+        print(f"{k + 1:>4}" + "".join(f"{pct(c[k]):>20}" for c in curves.values()))
 
 
 def print_curve(name: str, points: list[dict[str, Any]]) -> None:
@@ -521,6 +609,12 @@ def parse_args() -> argparse.Namespace:
     target.add_argument("--max-escalation", type=float, default=None, help="default 0.10")
     target.add_argument("--kept-accuracy", type=float, default=None)
     parser.add_argument("--per-label", action="store_true")
+    parser.add_argument(
+        "--candidate-recall",
+        type=float,
+        default=0.995,
+        help="target recall of the labels a narrowed request offers (0: no narrowing)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--gpu-layers", type=int, default=0, help="-1: offload every layer")
     parser.add_argument(
@@ -557,25 +651,56 @@ def measure_stand_in(
     slm: Scores,
     conf: npt.NDArray[np.float64],
     escalate: npt.NDArray[np.bool_],
+    candidates: list[list[str]] | None,
     args: argparse.Namespace,
 ) -> StandInRun:
-    """Serve a stand-in of this accuracy, call it for every document, derive the lines."""
+    """Serve a stand-in of this accuracy, call it for every document, derive the lines;
+    with ``candidates`` (each escalated document's offered labels), call it again for
+    the escalated documents with narrowed requests."""
     name = f"{round(100 * accuracy)}"
     answers = stand_in_answers(data, taxonomy.names, accuracy)
     handler = make_handler(answers, taxonomy.names[0], counter, args.delay_ms / 1000.0)
     server, base_url = start_stand_in(handler)
+    texts = [t for t, _ in data]
     try:
-        run = frontier_pass(base_url, [t for t, _ in data], taxonomy, args.concurrency)
+        run = frontier_pass(base_url, texts, taxonomy, args.concurrency)
+        narrowed = (
+            narrowed_pass(
+                base_url,
+                [texts[i] for i in np.flatnonzero(escalate)],
+                taxonomy,
+                candidates,
+                args.concurrency,
+            )
+            if candidates is not None
+            else None
+        )
     finally:
         server.shutdown()
         server.server_close()
     print(f"  stand-in {name} %: {len(data)} calls in {run.wall_s:.1f} s", file=sys.stderr)
     usd = {m: float(run.usd(m).mean()) for m in PRICED}
     right = [a == g for a, g in zip(run.labels, slm.gold_labels, strict=True)]
+    lines = three_lines(slm, escalate, run)
+    if narrowed is not None:
+        declined = sum(len(calls) > 1 for calls in narrowed)
+        print(
+            f"  stand-in {name} %: narrowed {len(narrowed)} escalations, {declined} declined",
+            file=sys.stderr,
+        )
+        lines = {
+            "slm_only": lines["slm_only"],
+            "cascade": lines["cascade"],
+            "cascade_narrowed": {
+                **narrowed_line(slm, escalate, narrowed),
+                "declined_rate": round(declined / max(1, len(narrowed)), 4),
+            },
+            "all_frontier": lines["all_frontier"],
+        }
     return StandInRun(
         name=name,
         frontier=run,
-        lines=three_lines(slm, escalate, run),
+        lines=lines,
         curve=trade_off(conf, slm.correct, usd, accuracy),
         usd_per_call=usd,
         accuracy=float(np.mean(right)),
@@ -593,6 +718,30 @@ def policy_report(policy: Policy, held: Scores, usd_per_call: float) -> dict[str
             policy.escalate(held.predicted, conf), held.correct, econ
         ).as_dict(),
         "heldout_slm_accuracy": round(float(held.correct.mean()), 4),
+    }
+
+
+def candidates_report(policy: Policy, held: Scores, slm: Scores) -> dict[str, Any]:
+    """The narrowing rule and the top-k recall curves (k = 1..10): every held-out
+    document, the held-out documents the policy escalates, and the evaluation data."""
+    conf = held.confidence(policy.temperature)
+    escalated = policy.escalate(held.predicted, conf)
+    width = len(held.labels)
+
+    def curve_of(scores: Scores, rows: npt.NDArray[np.bool_] | None = None) -> list[float]:
+        ranks = gold_ranks(scores.logits, scores.gold)
+        chosen = ranks if rows is None else ranks[rows]
+        return [round(float(r), 4) for r in recall_curve(chosen, width)[:10]]
+
+    eval_escalated = policy.escalate(slm.predicted, slm.confidence(policy.temperature))
+    return {
+        "rule": policy.candidates.to_dict() if policy.candidates else None,
+        "recall_at_k": {
+            "heldout": curve_of(held),
+            "heldout_escalated": curve_of(held, escalated),
+            "eval": curve_of(slm),
+            "eval_escalated": curve_of(slm, eval_escalated),
+        },
     }
 
 
@@ -639,6 +788,11 @@ def stand_in_report(run: StandInRun) -> dict[str, Any]:
         "wall_s": round(run.frontier.wall_s, 2),
         "usd_per_call": {m: round(v, 8) for m, v in run.usd_per_call.items()},
         "ratios": ratios(run.lines),
+        **(
+            {"ratios_narrowed": ratios(run.lines, "cascade_narrowed")}
+            if "cascade_narrowed" in run.lines
+            else {}
+        ),
     }
 
 
@@ -656,15 +810,20 @@ def main() -> None:
     # SLM first and alone on the machine, so its latencies are not the stand-in's too.
     clf.classify(data[0][0])  # the first call pays one-off allocations
     held = score_with_progress(clf, heldout, "held-out")
-    policy = fit_on_heldout(held, chosen_target(args), args.per_label)
+    policy = fit_on_heldout(held, chosen_target(args), args.per_label, args.candidate_recall)
     slm = score_with_progress(clf, data, "eval")
     del clf
 
     conf = slm.confidence(policy.temperature)
     escalate = policy.escalate(slm.predicted, conf)
+    k = policy.candidates.k if policy.candidates else 0
+    candidates = (
+        top_labels(slm.probs(policy.temperature)[escalate], taxonomy.names, k) if k else None
+    )
     counter = TokenCounter(gguf)
     runs = [
-        measure_stand_in(p, data, taxonomy, counter, slm, conf, escalate, args) for p in STAND_INS
+        measure_stand_in(p, data, taxonomy, counter, slm, conf, escalate, candidates, args)
+        for p in STAND_INS
     ]
     first, rest = runs[0], runs[1:]
     report: dict[str, Any] = {
@@ -673,6 +832,12 @@ def main() -> None:
         "frontier": {r.name: stand_in_report(r) for r in runs},
         "policy": policy_report(policy, held, first.usd_per_call["gpt-4o"]),
         "curves": {r.name: r.curve for r in runs},
+        "candidates": candidates_report(policy, held, slm),
+        # Which signal of the forward pass ranks escalations best, out of fold.
+        "ranking": {
+            "heldout": compare_signals(held.logits, held.gold),
+            "eval": compare_signals(slm.logits, slm.gold),
+        },
         "setup": setup_report(args, data, heldout_path, (held, slm), first),
     }
     if args.json_out:
@@ -685,6 +850,8 @@ def main() -> None:
         print_lines(f"{run.name} %", run.lines, run.frontier)
     for run in runs:
         print_curve(f"{run.name} %", run.curve)
+    print_candidates(report["candidates"])
+    print_ranking(report["ranking"])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
+from shiftdown.prompts import NONE_OF_THESE
+
 Answer = Callable[[dict[str, Any]], tuple[int, dict[str, Any] | str, dict[str, str]]]
 
 
@@ -25,6 +27,8 @@ class ScriptedServer:
     prompt_tokens: int = 120
     completion_tokens: int = 7
     reject_json_schema: bool = False
+    # Prompt tokens reported as served from the cache (usage.prompt_tokens_details).
+    cached_tokens: int = 0
     script: list[Answer] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     _httpd: ThreadingHTTPServer | None = None
@@ -46,12 +50,15 @@ class ScriptedServer:
                 {},
             )
         user = next(m["content"] for m in body["messages"] if m["role"] == "user")
-        content = json.dumps({"label": self.label_for(user)})
-        return (
-            200,
-            completion(body["model"], content, self.prompt_tokens, self.completion_tokens),
-            {},
-        )
+        label = self.label_for(user)
+        offered = offered_labels(body)
+        if offered is not None and label not in offered and NONE_OF_THESE in offered:
+            label = NONE_OF_THESE  # a narrowed request without the right label
+        content = json.dumps({"label": label})
+        answer = completion(body["model"], content, self.prompt_tokens, self.completion_tokens)
+        if self.cached_tokens:
+            answer["usage"]["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return 200, answer, {}
 
     def start(self) -> Self:
         server = self
@@ -86,6 +93,14 @@ class ScriptedServer:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+
+
+def offered_labels(body: dict[str, Any]) -> list[str] | None:
+    """The labels a request's answer schema admits (its structured-output enum)."""
+    fmt = body.get("response_format") or {}
+    schema = (fmt.get("json_schema") or {}).get("schema") or fmt.get("schema") or {}
+    enum = ((schema.get("properties") or {}).get("label") or {}).get("enum")
+    return list(enum) if isinstance(enum, list) else None
 
 
 def completion(

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cli.common import ensure_schema, handle_errors
 from cli.scoring import Scored, heldout_options, score_version
+from models.candidates import DEFAULT_TARGET_RECALL, gold_ranks, recall_curve
 from models.policy import (
     KEPT_ACCURACY,
     MAX_ESCALATION,
@@ -117,6 +118,14 @@ def policy() -> None:
     "--per-label", is_flag=True, help="A threshold per predicted label instead of one global."
 )
 @economics_option
+@click.option(
+    "--candidate-recall",
+    type=click.FloatRange(0.0, 1.0),
+    default=DEFAULT_TARGET_RECALL,
+    show_default=True,
+    help="Escalations offer the frontier the SLM's top k labels, k the smallest whose "
+    "held-out recall reaches this (0: always the whole taxonomy).",
+)
 @handle_errors
 def set_policy(
     model_ref: str | None,
@@ -129,6 +138,7 @@ def set_policy(
     target: Target | None,
     per_label: bool,
     frontier_accuracy: float,
+    candidate_recall: float,
 ) -> None:
     """Solve the threshold(s) that meet one target and store them with the model version.
 
@@ -149,6 +159,8 @@ def set_policy(
     }
     checked = {per: cross_checked(conf, predicted, correct, target, econ, per) for per in fitted}
     chosen_policy = fitted[per_label]
+    if candidate_recall:
+        chosen_policy.fit_candidates(sc.logits, sc.gold, predicted, conf, candidate_recall)
     chosen_policy.fitted |= {
         "data": str(scored.data),
         "usd_per_escalation": round(econ.usd_per_escalation, 8),
@@ -176,6 +188,17 @@ def set_policy(
         _outcome_row(table, f"{name} (fit)", on_fit, shown)
         _outcome_row(table, f"{name} (2-fold)", checked[per], "")
     Console().print(table)
+    bound = chosen_policy.fitted["escalation_rate_upper_95"]
+    click.echo(f"escalation rate on unseen documents: at most {100 * bound:.1f} % (95 % bound)")
+    rule = chosen_policy.candidates
+    if rule is not None:
+        click.echo(
+            "escalations offer the whole taxonomy"
+            if not rule.k
+            else f"escalations offer the SLM's top {rule.k} labels and 'none of these' "
+            f"(held-out recall {100 * rule.recall:.1f} % on {rule.documents} {rule.chosen_on} "
+            f"documents, target {100 * rule.target_recall:.1f} %)"
+        )
     click.echo(
         f"stored the {'per-label' if per_label else 'global'} policy with {scored.name}; "
         "new runs with this version use it"
@@ -223,11 +246,24 @@ def curve_command(
         for threshold, o in points:
             _outcome_row(table, "", o, f"{threshold:.4f}")
         Console().print(table)
+        Console().print(_recall_table(sc.logits, sc.gold))
     if chart:
         from models.policy_chart import write_curve_chart
 
         write_curve_chart(chart, points, f"{scored.name}: escalation trade-off")
         click.echo(f"chart: {chart}", err=True)
+
+
+def _recall_table(logits: Any, gold: Any) -> Table:
+    """Top-k recall on held-out data: what a narrowed request of k labels would offer."""
+    recall = recall_curve(gold_ranks(logits, gold), logits.shape[1])
+    table = Table(title="share of held-out documents whose true label is in the SLM's top k")
+    table.add_column("k", justify="right")
+    table.add_column("recall", justify="right")
+    for k in (1, 2, 3, 5, 7, 10, 15, 20):
+        if k <= len(recall):
+            table.add_row(str(k), _pct(float(recall[k - 1])))
+    return table
 
 
 @policy.command("show")

@@ -4,6 +4,11 @@ A document is kept when its (calibrated) confidence reaches the threshold of the
 the SLM chose (per-label thresholds) or the global threshold. Thresholds are solved on
 held-out data for a target the user states in their own terms: accuracy on what the SLM
 keeps, the share escalated, or dollars per 1,000 documents.
+
+A rate or spend target is a promise about documents the policy has not seen: the
+held-out rate is only an estimate of it. So the threshold is fitted until the one-sided
+95 % upper bound on the escalation rate (Wilson score, from the held-out size) meets
+the target, not the held-out rate itself.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.candidates import DEFAULT_TARGET_RECALL, CandidateRule, choose_candidates
 from shiftdown.errors import ConfigError
 
 KEPT_ACCURACY = "kept_accuracy"
@@ -25,6 +31,8 @@ KINDS = (KEPT_ACCURACY, MAX_ESCALATION, MAX_USD_PER_1K)
 
 # Above any confidence: every document is escalated.
 ESCALATE_ALL = 1.000001
+# One-sided 95 %: the normal quantile of the escalation-rate bound.
+BOUND_Z = 1.6448536269514722
 
 Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
@@ -84,6 +92,7 @@ class Policy:
     per_label: dict[str, float] = field(default_factory=dict)
     temperature: float = 1.0
     fitted: dict[str, Any] = field(default_factory=dict)
+    candidates: CandidateRule | None = None
 
     def threshold_for(self, label: str) -> float:
         """The threshold a document predicted as ``label`` must reach to be kept."""
@@ -94,6 +103,20 @@ class Policy:
         limits = np.asarray([self.threshold_for(p) for p in predicted], dtype=np.float64)
         return np.asarray(confidence < limits)
 
+    def fit_candidates(
+        self,
+        logits: Floats,
+        gold: npt.NDArray[np.intp],
+        predicted: Sequence[str],
+        confidence: Floats,
+        target_recall: float = DEFAULT_TARGET_RECALL,
+    ) -> CandidateRule:
+        """Choose (and keep) how many labels an escalated document's frontier request
+        offers, on the held-out documents this policy escalates."""
+        escalated = self.escalate(predicted, confidence)
+        self.candidates = choose_candidates(logits, gold, escalated, target_recall)
+        return self.candidates
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form for the manifest."""
         return {
@@ -102,6 +125,7 @@ class Policy:
             "target": {"kind": self.target.kind, "value": self.target.value},
             "temperature": self.temperature,
             "fitted": self.fitted,
+            **({"candidates": self.candidates.to_dict()} if self.candidates else {}),
         }
 
     @classmethod
@@ -113,7 +137,21 @@ class Policy:
             per_label={k: float(v) for k, v in (data.get("per_label") or {}).items()},
             temperature=float(data.get("temperature", 1.0)),
             fitted=dict(data.get("fitted") or {}),
+            candidates=CandidateRule.from_dict(data["candidates"])
+            if data.get("candidates")
+            else None,
         )
+
+
+def offered_k(manifest: dict[str, Any] | None, override: int | None = None) -> int:
+    """How many of the SLM's top labels an escalated document's frontier request offers
+    under a model version's stored policy (``override``: SHIFTDOWN_FRONTIER_TOP_K);
+    0: the whole taxonomy."""
+    if override is not None:
+        return override
+    stored = (manifest or {}).get("policy")
+    rule = Policy.from_dict(stored).candidates if stored else None
+    return rule.k if rule else 0
 
 
 def outcome(escalate: Bools, correct: Bools, econ: Economics) -> Outcome:
@@ -155,19 +193,47 @@ def _threshold_for_rate(confidence: Floats, rate: float) -> float:
     return float(np.sort(confidence)[k])
 
 
-def _max_rate(target: Target, econ: Economics) -> float:
-    if target.kind == MAX_ESCALATION:
-        return target.value
-    if econ.usd_per_escalation <= 0:
+def rate_upper_bound(escalated: int, n: int) -> float:
+    """One-sided 95 % upper bound (Wilson score) on the escalation rate of unseen
+    documents, given ``escalated`` of ``n`` held-out documents escalated."""
+    if n == 0:
         return 1.0
-    return min(1.0, target.value / (1000.0 * econ.usd_per_escalation))
+    p, z2 = escalated / n, BOUND_Z**2
+    centre = p + z2 / (2 * n)
+    spread = BOUND_Z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z2 / n))
+
+
+def bounded_rate(rate: float, n: int) -> float:
+    """The highest held-out escalation rate (a whole number of ``n`` documents) whose
+    upper bound keeps ``rate``: what a fit on ``n`` documents may use."""
+    if rate >= 1.0 or n == 0:
+        return rate
+    lo, hi = 0, n  # the bound grows with the count: bisect on it
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if rate_upper_bound(mid, n) <= rate + 1e-12:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo / n
+
+
+def _max_rate(target: Target, econ: Economics, n: int) -> float:
+    if target.kind == MAX_ESCALATION:
+        rate = target.value
+    elif econ.usd_per_escalation <= 0:
+        return 1.0
+    else:
+        rate = min(1.0, target.value / (1000.0 * econ.usd_per_escalation))
+    return bounded_rate(rate, n)
 
 
 def solve_global(confidence: Floats, correct: Bools, target: Target, econ: Economics) -> float:
     """One threshold for every label that meets ``target`` on this held-out data."""
     if target.kind == KEPT_ACCURACY:
         return _threshold_for_accuracy(confidence, correct, target.value)
-    return _threshold_for_rate(confidence, _max_rate(target, econ))
+    return _threshold_for_rate(confidence, _max_rate(target, econ, len(confidence)))
 
 
 def _per_label_at(
@@ -205,7 +271,7 @@ def solve_per_label(
     pred = np.asarray(predicted)
     if target.kind == KEPT_ACCURACY:
         return _per_label_at(confidence, pred, correct, target.value, min_support)
-    rate = _max_rate(target, econ)
+    rate = _max_rate(target, econ, len(confidence))
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2
@@ -233,7 +299,11 @@ def fit_policy(
     else:
         threshold, labels = solve_global(confidence, correct, target, econ), {}
     policy = Policy(threshold, target, labels, temperature)
-    policy.fitted = outcome(policy.escalate(predicted, confidence), correct, econ).as_dict()
+    escalate = policy.escalate(predicted, confidence)
+    policy.fitted = outcome(escalate, correct, econ).as_dict()
+    policy.fitted["escalation_rate_upper_95"] = round(
+        rate_upper_bound(int(escalate.sum()), len(escalate)), 6
+    )
     return policy
 
 

@@ -62,6 +62,7 @@ def contend(scores: Scores, target: Target, econ: Economics, per_label: bool) ->
     policy = fit_policy(
         conf, scores.predicted, scores.correct, target, econ, per_label, temperature
     )
+    policy.fit_candidates(scores.logits, scores.gold, scores.predicted, conf)
     checked = cross_checked(conf, scores.predicted, scores.correct, target, econ, per_label)
     return Contender(temperature, policy, checked)
 

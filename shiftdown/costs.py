@@ -10,16 +10,28 @@ class Price(BaseModel):
 
     input_per_1m: float = Field(ge=0, description="USD per million prompt tokens.")
     output_per_1m: float = Field(ge=0, description="USD per million completion tokens.")
+    cached_input_per_1m: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per million prompt tokens served from the provider's prompt cache "
+        "(None: the model has no cache discount; they cost input_per_1m).",
+    )
+
+    def cached_rate(self) -> float:
+        """USD per million cached prompt tokens."""
+        return self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
 
 
-# List prices in USD per million tokens as published by OpenAI.
+# List prices in USD per million tokens as published by OpenAI, with the cached-input
+# price of the models that have prompt caching (a repeated prompt prefix of 1,024 tokens
+# or more is served from the cache).
 DEFAULT_PRICES: dict[str, Price] = {
     "gpt-4": Price(input_per_1m=30.0, output_per_1m=60.0),
     "gpt-4-turbo": Price(input_per_1m=10.0, output_per_1m=30.0),
-    "gpt-4o": Price(input_per_1m=2.5, output_per_1m=10.0),
-    "gpt-4o-mini": Price(input_per_1m=0.15, output_per_1m=0.6),
-    "gpt-4.1": Price(input_per_1m=2.0, output_per_1m=8.0),
-    "gpt-4.1-mini": Price(input_per_1m=0.4, output_per_1m=1.6),
+    "gpt-4o": Price(input_per_1m=2.5, output_per_1m=10.0, cached_input_per_1m=1.25),
+    "gpt-4o-mini": Price(input_per_1m=0.15, output_per_1m=0.6, cached_input_per_1m=0.075),
+    "gpt-4.1": Price(input_per_1m=2.0, output_per_1m=8.0, cached_input_per_1m=0.5),
+    "gpt-4.1-mini": Price(input_per_1m=0.4, output_per_1m=1.6, cached_input_per_1m=0.1),
 }
 
 
@@ -36,10 +48,21 @@ def find_price(model: str, prices: dict[str, Price]) -> Price | None:
 
 
 def cost_usd(
-    model: str, prompt_tokens: int, completion_tokens: int, prices: dict[str, Price]
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    prices: dict[str, Price],
+    cached_tokens: int = 0,
 ) -> float | None:
-    """Dollar cost of one call, or None when the model has no price."""
+    """Dollar cost of one call, or None when the model has no price. ``cached_tokens``
+    of the prompt tokens (OpenAI's ``usage.prompt_tokens_details.cached_tokens``) are
+    priced at the cached-input rate."""
     price = find_price(model, prices)
     if price is None:
         return None
-    return (prompt_tokens * price.input_per_1m + completion_tokens * price.output_per_1m) / 1e6
+    cached = min(max(cached_tokens, 0), prompt_tokens)
+    return (
+        (prompt_tokens - cached) * price.input_per_1m
+        + cached * price.cached_rate()
+        + completion_tokens * price.output_per_1m
+    ) / 1e6

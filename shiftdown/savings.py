@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from shiftdown.costs import cost_usd
 from shiftdown.errors import ConfigError
-from shiftdown.prompts import estimate_tokens
+from shiftdown.prompts import estimate_cached_tokens, estimate_tokens
 from shiftdown.schema import (
     DocState,
     Document,
@@ -52,36 +52,49 @@ def all_frontier_usd_per_document(
     session: Session, run: Run, taxonomy: Taxonomy, settings: Settings
 ) -> tuple[float | None, str]:
     """What one document of this run would cost at the frontier, at list price: the mean
-    tokens of the run's successful calls, else of the task's (a run whose escalations
-    are parked has none of its own), else tokens estimated from text length."""
-    mean_prompt = mean_completion = 0.0
+    tokens of the run's successful whole-taxonomy calls, else of the task's (a run whose
+    escalations are parked has none of its own), else tokens estimated from text length.
+
+    Narrowed calls (a few candidate labels) are left out: all-frontier means the whole
+    taxonomy every time. Cached prompt tokens count as the recorded calls had them (the
+    same provider caches the same fixed prefix); an estimate caches the fixed prefix as
+    a provider does, from 1,024 tokens up.
+    """
+    mean_prompt = mean_completion = mean_cached = 0.0
     basis = ""
     for scope, where in (
         ("", FrontierCall.run_id == run.id),
         (f" of task {run.task_name}", Run.task_name == run.task_name),
     ):
-        n_ok, prompt, completion = session.execute(
+        n_ok, prompt, completion, cached = session.execute(
             select(
                 func.count(),
                 func.avg(FrontierCall.prompt_tokens),
                 func.avg(FrontierCall.completion_tokens),
+                func.avg(FrontierCall.cached_tokens),
             )
             .join(Run, Run.id == FrontierCall.run_id)
-            .where(where, FrontierCall.status == "ok")
+            .where(where, FrontierCall.status == "ok", FrontierCall.offered.is_(None))
         ).one()
         if n_ok:
-            basis = f"mean tokens of {n_ok} recorded frontier calls{scope}"
+            basis = f"mean tokens of {n_ok} recorded whole-taxonomy frontier calls{scope}"
             mean_prompt, mean_completion = float(prompt or 0), float(completion or 0)
+            mean_cached = float(cached or 0)
             break
     if not basis:
         mean_chars = session.scalar(
             select(func.avg(func.length(Document.text))).where(Document.run_id == run.id)
         )
         mean_prompt, mean_completion = estimate_tokens(taxonomy, float(mean_chars or 0))
-        basis = "estimated from text length (no frontier call recorded)"
+        mean_cached = estimate_cached_tokens(taxonomy)
+        basis = "estimated from text length (no whole-taxonomy frontier call recorded)"
     price_model = settings.frontier_price_model or settings.frontier_model
     per_doc = cost_usd(
-        price_model, round(mean_prompt), round(mean_completion), settings.price_table()
+        price_model,
+        round(mean_prompt),
+        round(mean_completion),
+        settings.price_table(),
+        round(mean_cached),
     )
     return per_doc, basis
 

@@ -205,6 +205,10 @@ class FrontierCall(Base):
     response_format: Mapped[str | None] = mapped_column(String(32))
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    # Prompt tokens the provider served from its cache (priced at the cached-input rate).
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Labels a narrowed request offered (the SLM's top k); NULL: the whole taxonomy.
+    offered: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -199,6 +199,14 @@ class Settings(BaseSettings):
         description="Structured-output style: OpenAI json_schema, llama.cpp-style json_object "
         "with a schema, or auto (json_schema, falling back when the server rejects it).",
     )
+    frontier_top_k: int | None = Field(
+        default=None,
+        ge=0,
+        description="Labels an escalated document's frontier request offers: the SLM's top "
+        "k, plus 'none of these' (answered by one call with the whole taxonomy). Unset: the "
+        "k its model's policy chose on held-out data (the whole taxonomy if it chose none); "
+        "0: always the whole taxonomy.",
+    )
     frontier_budget_usd_per_run: float | None = Field(
         default=None,
         ge=0.0,

@@ -74,9 +74,20 @@ def test_calibrate_and_policy_commands_set_what_runs_use(
     policy = manifest()["policy"]
     assert policy["target"] == {"kind": "max_escalation", "value": 0.1}
     assert policy["fitted"]["escalation_rate"] <= 0.1 and policy["per_label"] == {}
+    # Fitted to the 95 % upper bound on unseen documents, not the held-out rate.
+    assert policy["fitted"]["escalation_rate_upper_95"] <= 0.1 + 1e-6
+    assert "at most" in shown and "(95 % bound)" in shown
     assert policy["temperature"] == figures["temperature"]
+    # Escalations offer the SLM's top k labels, k the smallest reaching the target recall.
+    rule = policy["candidates"]
+    assert rule["target_recall"] == 0.995 and 0 <= rule["k"] <= 38
+    assert rule["k"] == 0 or rule["recall"] >= 0.995
     shown = json.loads(invoke("policy", "show", "--task", "b77").stdout)
     assert shown["threshold"] == policy["threshold"]
+    assert shown["candidates"] == rule
+    assert (
+        shown["fitted"]["escalation_rate_upper_95"] == policy["fitted"]["escalation_rate_upper_95"]
+    )
 
     chart = tmp_path / "curve.png"
     points = json.loads(invoke("policy", "curve", *common, "--json", "--chart", str(chart)).stdout)

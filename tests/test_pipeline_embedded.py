@@ -12,12 +12,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from bench.scripted_server import ScriptedServer, completion
+from bench.scripted_server import ScriptedServer, completion, offered_labels
 from cli.main import cli
 from producers.escalate import escalate_pending
 from shiftdown.costs import DEFAULT_PRICES
 from shiftdown.db import session_scope
-from shiftdown.schema import DocState, Document, FrontierCall, InputError
+from shiftdown.prompts import NONE_OF_THESE
+from shiftdown.schema import DocState, Document, FrontierCall, InputError, Prediction
 from tests.helpers import counts, final_labels
 from workers import frontier, slm
 
@@ -296,3 +297,67 @@ def test_transient_frontier_faults_are_retried_and_every_attempt_recorded(
         assert final_labels(1)["1"] == (reference[text], "frontier")
     finally:
         server.stop()
+
+
+def test_narrowed_requests_offer_the_slm_top_k_and_fall_back_to_the_whole_taxonomy(
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    docs: Path,
+    banking_taxonomy: Path,
+    scripted: ScriptedServer,
+    reference: dict[str, str],
+) -> None:
+    use_settings(
+        SHIFTDOWN_DATABASE_URL=sqlite_url,
+        SHIFTDOWN_THRESHOLD="1.0",  # every document escalates
+        SHIFTDOWN_FRONTIER_TOP_K="5",
+        OPENAI_BASE_URL=scripted.base_url,
+        OPENAI_API_KEY="sk-test",
+        SHIFTDOWN_FRONTIER_MODEL="gpt-4o",
+    )
+    scripted.cached_tokens = 40  # the provider served part of each prompt from its cache
+    _run(["run", str(docs), "--taxonomy", str(banking_taxonomy)])
+
+    asked: dict[str, list[list[str] | None]] = {}
+    for body in scripted.requests:
+        user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        asked.setdefault(user, []).append(offered_labels(body))
+    with session_scope() as s:
+        slm_top = dict(
+            s.execute(
+                select(Document.text, Prediction.distribution)
+                .join(Prediction, Prediction.document_id == Document.id)
+                .where(Prediction.stage == "slm")
+            ).all()
+        )
+        calls = s.execute(
+            select(Document.text, FrontierCall.attempt, FrontierCall.offered, FrontierCall)
+            .join(FrontierCall, FrontierCall.document_id == Document.id)
+            .order_by(Document.id, FrontierCall.attempt)
+        ).all()
+    declined = 0
+    for text, offers in asked.items():
+        top5 = sorted(slm_top[text], key=lambda label: -slm_top[text][label])[:5]
+        # First the SLM's top five and "none of these"...
+        assert offers[0] is not None and offers[0][:5] == top5 and offers[0][5] == NONE_OF_THESE
+        if reference[text] in top5:
+            assert len(offers) == 1
+        else:
+            # ...and when the right label is not among them, one call with all 77.
+            assert len(offers) == 2 and offers[1] is not None and len(offers[1]) == 77
+            declined += 1
+    assert 0 < declined < 40, "the zero-shot model ranks some labels right and some wrong"
+    assert len(calls) == len(scripted.requests) == 40 + declined  # every call recorded
+    assert [(c.attempt, c.offered) for c in calls if c.offered is None] == [(2, None)] * declined
+    for *_, call in calls:
+        assert call.status == "ok" and call.cached_tokens == 40
+        # Cached prompt tokens at gpt-4o's cached-input price ($1.25 per million).
+        expected = ((call.prompt_tokens - 40) * 2.5 + 40 * 1.25 + call.completion_tokens * 10) / 1e6
+        assert call.cost_usd == pytest.approx(expected)
+    assert all(label == reference[t] for t, (label, _) in _labels_by_text().items())
+
+
+def _labels_by_text() -> dict[str, tuple[str, str]]:
+    with session_scope() as s:
+        texts = dict(s.execute(select(Document.external_id, Document.text)).all())
+    return {texts[ext]: value for ext, value in final_labels(1).items()}

@@ -16,12 +16,16 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from models.candidates import top_candidates
+from models.policy import offered_k
 from models.registry import task_taxonomy
 from shiftdown.db import session_scope
+from shiftdown.prompts import NONE_OF_THESE
 from shiftdown.schema import (
     DocState,
     Document,
     FrontierCall,
+    ModelVersion,
     Prediction,
     Run,
     Stage,
@@ -29,6 +33,7 @@ from shiftdown.schema import (
     utcnow,
 )
 from shiftdown.settings import get_settings
+from shiftdown.taxonomy import Taxonomy
 from workers.app import TASK_FRONTIER, app
 from workers.frontier_client import OK, RETRYABLE, FrontierClient, FrontierResult
 from workers.store import (
@@ -83,6 +88,8 @@ def record_call(
         response_format=result.response_format,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
+        cached_tokens=result.cached_tokens,
+        offered=result.offered,
         cost_usd=result.cost_usd,
         latency_ms=result.latency_ms,
     )
@@ -97,6 +104,8 @@ def _record(document_id: int, run_id: int, result: FrontierResult, final: bool, 
             session.scalar(select(func.count()).where(FrontierCall.document_id == document_id)) or 0
         )
         call = record_call(session, result, attempt, document_id, run_id)
+        if result.declined:
+            return attempt  # the whole taxonomy is asked next, under the same lease
         release_lease(session, document_id)
         if result.status == OK and result.label is not None:
             insert_predictions(
@@ -194,6 +203,31 @@ def _pending(session: Session, document_id: int, audit: bool) -> Document | None
         )
     )
     return doc if done is None else None
+
+
+def _candidates(session: Session, doc: Document, run: Run, taxonomy: Taxonomy) -> list[str] | None:
+    """The SLM's top labels this document's request offers, or None (the whole
+    taxonomy): narrowing off, a taxonomy that has a label of the reserved name, or no
+    stored distribution holding enough labels, or a narrowed answer already declined."""
+    version = session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
+    k = offered_k(version.manifest if version else None, get_settings().frontier_top_k)
+    if not k or k >= len(taxonomy) or NONE_OF_THESE in taxonomy:
+        return None
+    declined_before = session.scalar(
+        select(FrontierCall.id).where(
+            FrontierCall.document_id == doc.id,
+            FrontierCall.offered.is_not(None),
+            FrontierCall.status == "ok",
+        )
+    )
+    if declined_before is not None:
+        return None  # a retry after "none of these": straight to the whole taxonomy
+    distribution = session.scalar(
+        select(Prediction.distribution).where(
+            Prediction.document_id == doc.id, Prediction.stage == Stage.SLM
+        )
+    )
+    return top_candidates(distribution, k)
 
 
 def over_budget(session: Session, run_id: int) -> str | None:
@@ -298,9 +332,15 @@ def process_document(
             raise LeaseHeld(document_id, lease_left_s(session, document_id))
         run = session.get_one(Run, doc.run_id)
         taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
+        # Audits ask the whole taxonomy: they measure the SLM, so they must not lean on it.
+        candidates = None if audit else _candidates(session, doc, run, taxonomy)
         text, run_id = doc.text, doc.run_id
     try:
-        result = get_client().classify(text, taxonomy)
+        result = get_client().classify(text, taxonomy, candidates)
+        if result.declined:
+            # "None of these": recorded like every call, then the whole taxonomy.
+            _record_paid(document_id, run_id, result, False, audit)
+            result = get_client().classify(text, taxonomy)
     except BaseException:
         with session_scope() as session:
             release_lease(session, document_id)

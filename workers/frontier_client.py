@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import openai
 
 from shiftdown.costs import cost_usd
-from shiftdown.prompts import answer_schema, frontier_system_prompt
+from shiftdown.prompts import NONE_OF_THESE, answer_schema, frontier_system_prompt, narrowed
 from shiftdown.settings import Settings
 from shiftdown.taxonomy import Taxonomy
 
@@ -39,10 +39,15 @@ class FrontierResult:
     confidence: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     cost_usd: float | None = None
     http_status: int | None = None
     error: str | None = None
     retry_after_s: float | None = None
+    # Labels a narrowed request offered (None: the whole taxonomy).
+    offered: int | None = None
+    # A narrowed request answered "none of these": no label, the whole taxonomy next.
+    declined: bool = False
 
 
 def _mentions(exc: openai.APIStatusError, *words: str) -> bool:
@@ -79,6 +84,9 @@ class FrontierClient:
         self.logprobs = True
 
     def _request(self, text: str, taxonomy: Taxonomy) -> Any:
+        # The fixed part first (instructions and labels in the system message, the same
+        # for every document of a full-taxonomy call), then the document: a provider's
+        # prompt cache serves a repeated prefix at its cached-input price.
         schema = answer_schema(taxonomy)
         if self.response_format == "json_schema":
             fmt: dict[str, Any] = {
@@ -103,17 +111,36 @@ class FrontierClient:
 
     def _result(self, start: float, status: str, **fields: Any) -> FrontierResult:
         pt, ct = fields.get("prompt_tokens", 0), fields.get("completion_tokens", 0)
+        cached = fields.get("cached_tokens", 0)
         return FrontierResult(
             status=status,
             model=self.model,
             latency_ms=(time.perf_counter() - start) * 1000.0,
             response_format=self.response_format,
-            cost_usd=cost_usd(self._price_model, pt, ct, self._prices) if pt or ct else 0.0,
+            cost_usd=cost_usd(self._price_model, pt, ct, self._prices, cached) if pt or ct else 0.0,
             **fields,
         )
 
-    def classify(self, text: str, taxonomy: Taxonomy) -> FrontierResult:
-        """One attempt (plus at most one capability fallback) to label ``text``."""
+    def classify(
+        self, text: str, taxonomy: Taxonomy, candidates: list[str] | None = None
+    ) -> FrontierResult:
+        """One attempt (plus at most one capability fallback) to label ``text``.
+
+        With ``candidates`` (the SLM's top labels) the request offers only those and
+        "none of these"; that answer comes back ``declined``, with no label.
+        """
+        result = self._classify(text, narrowed(taxonomy, candidates) if candidates else taxonomy)
+        if not candidates:
+            return result
+        declined = result.status == OK and result.label == NONE_OF_THESE
+        return replace(
+            result,
+            offered=len(candidates),
+            declined=declined,
+            label=None if declined else result.label,
+        )
+
+    def _classify(self, text: str, taxonomy: Taxonomy) -> FrontierResult:
         start = time.perf_counter()
         for _ in range(3):
             try:
@@ -152,9 +179,11 @@ class FrontierClient:
 
     def _parse(self, start: float, response: Any, taxonomy: Taxonomy) -> FrontierResult:
         usage = response.usage
+        details = getattr(usage, "prompt_tokens_details", None) if usage else None
         tokens = {
             "prompt_tokens": int(usage.prompt_tokens) if usage else 0,
             "completion_tokens": int(usage.completion_tokens) if usage else 0,
+            "cached_tokens": int(getattr(details, "cached_tokens", 0) or 0),
         }
         choice = response.choices[0] if response.choices else None
         content = (choice.message.content or "") if choice else ""

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from models.classifier import Classification, Classifier, RuntimeOptions
 from models.decode_loop import DecodeLoop
-from models.policy import Policy
+from models.policy import Policy, offered_k
 from models.registry import model_name, spec_for, task_taxonomy
 from shiftdown.db import dispose_engines, session_scope
 from shiftdown.errors import FatalError, RetryableError
@@ -188,6 +188,7 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
     s = get_settings()
     parked = DocState.ESCALATED if s.frontier_configured else DocState.AWAITING_FRONTIER
     thresholds: dict[int, dict[str, float]] = {}
+    offered: dict[int, int] = {}
     names: dict[int, str] = {}
     outcomes: list[SlmOutcome] = []
     for item, outcome, taxonomy in _classified(work):
@@ -197,16 +198,22 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
         version = item.version
         if version.id not in thresholds:
             thresholds[version.id] = per_label_thresholds(version)
+            offered[version.id] = offered_k(version.manifest, s.frontier_top_k)
             names[version.id] = model_name(version)
         limit = thresholds[version.id].get(outcome.label, item.run.threshold)
         escalated = outcome.confidence < limit
+        # An escalated document's stored distribution holds every label its frontier
+        # request will offer (workers/frontier.py reads them from it).
+        top_k = s.store_top_k
+        if escalated and top_k and offered[version.id] > top_k:
+            top_k = offered[version.id]
         prediction = {
             "document_id": item.doc_id,
             "run_id": item.run.id,
             "label": outcome.label,
             "confidence": outcome.confidence,
             "escalated": escalated,
-            "distribution": outcome.top_k(taxonomy.names, s.store_top_k),
+            "distribution": outcome.top_k(taxonomy.names, top_k),
             "model": names[version.id],
             "model_version_id": version.id,
             "latency_ms": outcome.latency_ms,
