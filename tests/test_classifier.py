@@ -83,8 +83,10 @@ def test_documents_decoded_together_get_the_distributions_they_get_alone(
         assert a.label == b.label
         assert (a.prompt_tokens, a.truncated) == (b.prompt_tokens, b.truncated)
         # Not bit for bit: a sequence's cells sit elsewhere in the cache, which changes
-        # the order of float sums, and 8-bit activation rounding carries that on.
-        np.testing.assert_allclose(a.probs, b.probs, atol=0.03)
+        # the order of float sums, and 8-bit activation rounding carries that on. Flash
+        # attention's CPU kernel works in F16 and moves more: on an AVX2-only host one
+        # uncertain document's top probability moved by 0.041 (plain: at most 0.018).
+        np.testing.assert_allclose(a.probs, b.probs, atol=0.06 if flash_attn else 0.03)
     if not flash_attn:
         # The first sequence of a decode sits where a lone document would: bit for bit.
         # (Flash attention's CPU kernel tiles a many-token batch differently from a
