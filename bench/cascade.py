@@ -59,6 +59,7 @@ from pydantic import SecretStr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.batch_api import BatchApi  # noqa: E402
 from bench.scripted_server import offered_labels  # noqa: E402
 from models.calibration import fit_temperature  # noqa: E402
 from models.candidates import gold_ranks, recall_curve  # noqa: E402
@@ -78,7 +79,7 @@ from models.registry import load_model_dir  # noqa: E402
 from models.scores import Scores, score  # noqa: E402
 from models.teacher import read_labelled  # noqa: E402
 from shiftdown.costs import DEFAULT_PRICES, cost_usd  # noqa: E402
-from shiftdown.prompts import NONE_OF_THESE  # noqa: E402
+from shiftdown.prompts import NONE_OF_THESE, narrowed  # noqa: E402
 from shiftdown.settings import Settings  # noqa: E402
 from shiftdown.taxonomy import Taxonomy  # noqa: E402
 from workers.frontier_client import OK, FrontierClient, FrontierResult  # noqa: E402
@@ -244,7 +245,22 @@ def completion_body(request: dict[str, Any], content: str, counter: TokenCounter
 def make_handler(
     answers: dict[str, str], fallback: str, counter: TokenCounter, delay_s: float
 ) -> type[BaseHTTPRequestHandler]:
-    """A request handler class bound to one stand-in's answers."""
+    """A request handler class bound to one stand-in's answers: chat completions, and
+    the Batch API (``bench/batch_api.py``) answering each line the same way, at once."""
+
+    def answer(request: dict[str, Any]) -> tuple[int, dict[str, Any] | str, dict[str, str]]:
+        users = [m for m in request.get("messages", []) if m.get("role") == "user"]
+        text = message_text(users[-1].get("content")) if users else ""
+        label = answers.get(text, fallback)
+        offered = offered_labels(request)
+        if offered is not None and label not in offered:
+            # It answers only from what it is offered, as a real model must: a wrong
+            # narrowing costs a second call (or accuracy), never a free right answer.
+            label = NONE_OF_THESE if NONE_OF_THESE in offered else offered[0]
+        content = json.dumps({"label": label})
+        return 200, json.loads(completion_body(request, content, counter)), {}
+
+    batches = BatchApi(answer=answer, polls_until_done=0)
 
     class Handler(BaseHTTPRequestHandler):
         # Keep-alive, as the openai client's connection pool expects of a real API.
@@ -260,10 +276,28 @@ def make_handler(
             self.end_headers()
             self.wfile.write(body)
 
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0].rstrip("/")
+            if path.endswith("/content"):
+                self._send(200, batches.files[path.split("/")[-2]])
+            elif path.endswith("/batches"):
+                self._send(200, json.dumps(batches.listing()).encode())
+            else:
+                self._send(200, json.dumps(batches.retrieve(path.split("/")[-1])).encode())
+
         def do_POST(self) -> None:
             received = time.perf_counter()
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if not self.path.rstrip("/").endswith("/chat/completions"):
+            path = self.path.rstrip("/")
+            if path.endswith("/files"):
+                self._send(
+                    200, json.dumps(batches.upload(self.headers["Content-Type"], raw)).encode()
+                )
+                return
+            if path.endswith("/batches"):
+                self._send(200, json.dumps(batches.create(json.loads(raw))).encode())
+                return
+            if not path.endswith("/chat/completions"):
                 self._send(404, b'{"error": {"message": "not found"}}')
                 return
             request = json.loads(raw)
@@ -271,19 +305,10 @@ def make_handler(
             if fmt not in ("json_schema", "json_object", "text"):
                 self._send(400, json.dumps({"error": {"message": f"bad {fmt}"}}).encode())
                 return
-            users = [m for m in request.get("messages", []) if m.get("role") == "user"]
-            text = message_text(users[-1].get("content")) if users else ""
-            label = answers.get(text, fallback)
-            offered = offered_labels(request)
-            if offered is not None and label not in offered:
-                # It answers only from what it is offered, as a real model must: a wrong
-                # narrowing costs a second call (or accuracy), never a free right answer.
-                label = NONE_OF_THESE if NONE_OF_THESE in offered else offered[0]
-            content = json.dumps({"label": label})
-            body = completion_body(request, content, counter)
+            _, body, _ = answer(request)
             # The delay is the server's whole time on the request, tokenizing included.
             time.sleep(max(0.0, delay_s - (time.perf_counter() - received)))
-            self._send(200, body)
+            self._send(200, json.dumps(body).encode())
 
     return Handler
 
@@ -377,17 +402,68 @@ def narrowed_pass(
 
     def calls(job: tuple[str, list[str]]) -> list[FrontierResult]:
         text, offered = job
-        first = client.classify(text, taxonomy, offered)
+        first = client.classify(text, taxonomy, offered or None)
         return [first, client.classify(text, taxonomy)] if first.declined else [first]
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         return list(pool.map(calls, zip(texts, candidates, strict=True)))
 
 
+def batch_pass(
+    base_url: str, texts: Sequence[str], taxonomy: Taxonomy, candidates: Sequence[list[str]]
+) -> tuple[list[list[FrontierResult]], float]:
+    """Each text's Batch API lines, as batch mode sends them: one batch of narrowed
+    requests, then one batch of whole-taxonomy requests for the lines that declined;
+    and the wall time of both batches."""
+    client = FrontierClient(frontier_settings(base_url))
+    started = time.perf_counter()
+
+    def one_batch(jobs: list[tuple[int, list[str] | None]]) -> dict[int, FrontierResult]:
+        lines = []
+        for i, offered in jobs:
+            shown = narrowed(taxonomy, offered) if offered else taxonomy
+            body = client.request_body(texts[i], shown)
+            lines.append(
+                {"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions", "body": body}
+            )
+        data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+        uploaded = client.api.files.create(file=("cascade.jsonl", data), purpose="batch")
+        remote = client.api.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        while remote.status not in ("completed", "expired", "failed", "cancelled"):
+            time.sleep(0.2)
+            remote = client.api.batches.retrieve(remote.id)
+        out = client.api.files.content(remote.output_file_id).text if remote.output_file_id else ""
+        answered = {}
+        for raw in out.splitlines():
+            item = json.loads(raw)
+            answered[int(item["custom_id"])] = item["response"]
+        results = {}
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        for i, offered in jobs:
+            response = answered.get(i) or {}
+            results[i] = client.batch_result(
+                int(response.get("status_code") or 0),
+                response.get("body"),
+                None if response else f"batch {remote.status}: no answer",
+                taxonomy,
+                offered,
+                elapsed_ms,
+            )
+        return results
+
+    first = one_batch([(i, offered or None) for i, offered in enumerate(candidates)])
+    again = one_batch([(i, None) for i, r in first.items() if r.declined])
+    calls = [[first[i]] + ([again[i]] if i in again else []) for i in range(len(texts))]
+    return calls, time.perf_counter() - started
+
+
 def narrowed_line(
     slm: Scores,
     escalate: npt.NDArray[np.bool_],
     narrowed: list[list[FrontierResult]],
+    batch: bool = False,
 ) -> dict[str, float]:
     """The cascade with narrowed requests: ``narrowed`` holds the calls of each
     escalated document, in document order."""
@@ -400,7 +476,9 @@ def narrowed_line(
         latency[i] += sum(c.latency_ms for c in calls)
         for m in PRICED:
             usd[m] += sum(
-                cost_usd(m, c.prompt_tokens, c.completion_tokens, DEFAULT_PRICES, c.cached_tokens)
+                cost_usd(
+                    m, c.prompt_tokens, c.completion_tokens, DEFAULT_PRICES, c.cached_tokens, batch
+                )
                 or 0.0
                 for c in calls
             )
@@ -507,7 +585,7 @@ def print_lines(name: str, lines: dict[str, dict[str, float]], frontier: Frontie
             f"{v['usd_per_1k']:>10.4f}{v['usd_per_1k_gpt4']:>12.4f}"
             f"{v['mean_latency_ms']:>10.1f}{v['p95_latency_ms']:>10.1f}"
         )
-    for cascade in ("cascade", "cascade_narrowed"):
+    for cascade in ("cascade", "cascade_narrowed", "cascade_batch"):
         if cascade not in lines:
             continue
         r = ratios(lines, cascade)
@@ -664,17 +742,12 @@ def measure_stand_in(
     texts = [t for t, _ in data]
     try:
         run = frontier_pass(base_url, texts, taxonomy, args.concurrency)
-        narrowed = (
-            narrowed_pass(
-                base_url,
-                [texts[i] for i in np.flatnonzero(escalate)],
-                taxonomy,
-                candidates,
-                args.concurrency,
-            )
-            if candidates is not None
-            else None
+        escalated_texts = [texts[i] for i in np.flatnonzero(escalate)]
+        offered = candidates if candidates is not None else [[] for _ in escalated_texts]
+        narrowed_calls = narrowed_pass(
+            base_url, escalated_texts, taxonomy, offered, args.concurrency
         )
+        batch_calls, batch_wall_s = batch_pass(base_url, escalated_texts, taxonomy, offered)
     finally:
         server.shutdown()
         server.server_close()
@@ -682,21 +755,30 @@ def measure_stand_in(
     usd = {m: float(run.usd(m).mean()) for m in PRICED}
     right = [a == g for a, g in zip(run.labels, slm.gold_labels, strict=True)]
     lines = three_lines(slm, escalate, run)
-    if narrowed is not None:
-        declined = sum(len(calls) > 1 for calls in narrowed)
-        print(
-            f"  stand-in {name} %: narrowed {len(narrowed)} escalations, {declined} declined",
-            file=sys.stderr,
-        )
-        lines = {
-            "slm_only": lines["slm_only"],
-            "cascade": lines["cascade"],
-            "cascade_narrowed": {
-                **narrowed_line(slm, escalate, narrowed),
-                "declined_rate": round(declined / max(1, len(narrowed)), 4),
-            },
-            "all_frontier": lines["all_frontier"],
-        }
+    declined = sum(len(calls) > 1 for calls in narrowed_calls)
+    print(
+        f"  stand-in {name} %: narrowed {len(narrowed_calls)} escalations, {declined} declined; "
+        f"batch mode: two batches in {batch_wall_s:.1f} s",
+        file=sys.stderr,
+    )
+    declined_rate = round(declined / max(1, len(narrowed_calls)), 4)
+    lines = {
+        "slm_only": lines["slm_only"],
+        "cascade": lines["cascade"],
+        "cascade_narrowed": {
+            **narrowed_line(slm, escalate, narrowed_calls),
+            "declined_rate": declined_rate,
+        },
+        # Narrowed requests through the Batch API at its price; a document's latency is
+        # its SLM latency plus the batches' turnaround (here seconds, up to a day there).
+        "cascade_batch": {
+            **narrowed_line(slm, escalate, batch_calls, batch=True),
+            "declined_rate": round(
+                sum(len(calls) > 1 for calls in batch_calls) / max(1, len(batch_calls)), 4
+            ),
+        },
+        "all_frontier": lines["all_frontier"],
+    }
     return StandInRun(
         name=name,
         frontier=run,
@@ -788,11 +870,8 @@ def stand_in_report(run: StandInRun) -> dict[str, Any]:
         "wall_s": round(run.frontier.wall_s, 2),
         "usd_per_call": {m: round(v, 8) for m, v in run.usd_per_call.items()},
         "ratios": ratios(run.lines),
-        **(
-            {"ratios_narrowed": ratios(run.lines, "cascade_narrowed")}
-            if "cascade_narrowed" in run.lines
-            else {}
-        ),
+        "ratios_narrowed": ratios(run.lines, "cascade_narrowed"),
+        "ratios_batch": ratios(run.lines, "cascade_batch"),
     }
 
 

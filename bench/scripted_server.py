@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
+from bench.batch_api import BatchApi
 from shiftdown.prompts import NONE_OF_THESE
 
 Answer = Callable[[dict[str, Any]], tuple[int, dict[str, Any] | str, dict[str, str]]]
@@ -31,7 +32,12 @@ class ScriptedServer:
     cached_tokens: int = 0
     script: list[Answer] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    batch: BatchApi | None = None
     _httpd: ThreadingHTTPServer | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch is None:
+            self.batch = BatchApi(answer=self.default_answer)
 
     @property
     def base_url(self) -> str:
@@ -67,16 +73,49 @@ class ScriptedServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def do_GET(self) -> None:
+                api = server.batch
+                assert api is not None
+                path = self.path.split("?")[0].rstrip("/")
+                if path.endswith("/content"):
+                    file_id = path.split("/")[-2]
+                    self._send(200, api.files[file_id], {}, "application/jsonl")
+                elif path.endswith("/batches"):
+                    self._send(200, api.listing(), {})
+                else:
+                    self._send(200, api.retrieve(path.split("/")[-1]), {})
+
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                api = server.batch
+                assert api is not None
+                if self.path.rstrip("/").endswith("/files"):
+                    self._send(200, api.upload(self.headers["Content-Type"], raw), {})
+                    return
+                body = json.loads(raw)
+                if self.path.rstrip("/").endswith("/batches"):
+                    self._send(200, api.create(body), {})
+                    return
                 server.requests.append(body)
                 answer = server.script.pop(0) if server.script else server.default_answer
                 status, payload, headers = answer(body)
-                data = (
-                    payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-                )
+                self._send(status, payload, headers)
+
+            def _send(
+                self,
+                status: int,
+                payload: Any,
+                headers: dict[str, str],
+                content_type: str = "application/json",
+            ) -> None:
+                if isinstance(payload, bytes):
+                    data = payload
+                elif isinstance(payload, str):
+                    data = payload.encode()
+                else:
+                    data = json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in headers.items():
                     self.send_header(key, value)

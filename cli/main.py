@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from cli.batches import batches
 from cli.calibrate import calibrate
 from cli.db import db
 from cli.escalate import escalate
@@ -43,6 +44,7 @@ for command in (
     metrics,
     flower,
     escalate,
+    batches,
     reconcile,
     eval_command,
     calibrate,

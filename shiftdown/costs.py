@@ -17,6 +17,12 @@ class Price(BaseModel):
         "(None: the model has no cache discount; they cost input_per_1m).",
     )
 
+    batch_factor: float = Field(
+        default=0.5,
+        ge=0,
+        description="Share of these prices a Batch API request pays (OpenAI: half).",
+    )
+
     def cached_rate(self) -> float:
         """USD per million cached prompt tokens."""
         return self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
@@ -53,16 +59,19 @@ def cost_usd(
     completion_tokens: int,
     prices: dict[str, Price],
     cached_tokens: int = 0,
+    batch: bool = False,
 ) -> float | None:
     """Dollar cost of one call, or None when the model has no price. ``cached_tokens``
     of the prompt tokens (OpenAI's ``usage.prompt_tokens_details.cached_tokens``) are
-    priced at the cached-input rate."""
+    priced at the cached-input rate; a Batch API request (``batch``) pays the price
+    table's ``batch_factor`` of it all."""
     price = find_price(model, prices)
     if price is None:
         return None
     cached = min(max(cached_tokens, 0), prompt_tokens)
-    return (
+    usd = (
         (prompt_tokens - cached) * price.input_per_1m
         + cached * price.cached_rate()
         + completion_tokens * price.output_per_1m
     ) / 1e6
+    return usd * price.batch_factor if batch else usd

@@ -157,6 +157,11 @@ class Document(Base):
     # Until when a frontier call for this document is in flight: a second delivery of
     # its task (after the broker's visibility timeout) leaves it to the first.
     frontier_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The Batch API batch that carries this document's frontier request (batch mode);
+    # cleared when its line is recorded, so a line is recorded once.
+    frontier_batch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("frontier_batches.id"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -189,6 +194,32 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class BatchState(enum.StrEnum):
+    """Where a Batch API batch is in its life."""
+
+    PREPARING = "preparing"  # its documents are assigned; not yet created at the provider
+    SUBMITTED = "submitted"  # created at the provider; polled until it ends
+    RECORDED = "recorded"  # every line recorded (or sent back to be batched again)
+
+
+class FrontierBatch(Base):
+    """One Batch API batch of escalations (``SHIFTDOWN_FRONTIER_MODE=batch``)."""
+
+    __tablename__ = "frontier_batches"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default=BatchState.PREPARING)
+    provider_batch_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    input_file_id: Mapped[str | None] = mapped_column(String(255))
+    provider_status: Mapped[str | None] = mapped_column(String(32))
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    model: Mapped[str] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class FrontierCall(Base):
     """Every attempt at the frontier endpoint, billed or not."""
 
@@ -209,6 +240,8 @@ class FrontierCall(Base):
     cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Labels a narrowed request offered (the SLM's top k); NULL: the whole taxonomy.
     offered: Mapped[int | None] = mapped_column(Integer)
+    # The Batch API batch the call went in (NULL: a synchronous call).
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("frontier_batches.id"))
     cost_usd: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

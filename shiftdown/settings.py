@@ -199,6 +199,29 @@ class Settings(BaseSettings):
         description="Structured-output style: OpenAI json_schema, llama.cpp-style json_object "
         "with a schema, or auto (json_schema, falling back when the server rejects it).",
     )
+    frontier_mode: Literal["sync", "batch"] = Field(
+        default="sync",
+        description="How escalations reach the frontier: sync (one call each, now) or batch "
+        "(gathered into OpenAI Batch API batches at the batch price, for runs that can wait "
+        "up to a day).",
+    )
+    frontier_batch_wait_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        description="Batch mode: how long the oldest waiting escalation may wait before a "
+        "batch is sent (one is sent at once when SHIFTDOWN_FRONTIER_BATCH_MAX_REQUESTS wait).",
+    )
+    frontier_batch_max_requests: int = Field(
+        default=50_000,
+        ge=1,
+        description="Batch mode: requests per batch (the Batch API takes at most 50,000).",
+    )
+    frontier_batch_poll_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="Batch mode: how often workers send waiting escalations and collect "
+        "finished batches.",
+    )
     frontier_top_k: int | None = Field(
         default=None,
         ge=0,

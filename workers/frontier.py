@@ -75,11 +75,13 @@ def record_call(
     attempt: int = 1,
     document_id: int | None = None,
     run_id: int | None = None,
+    batch_id: int | None = None,
 ) -> FrontierCall:
     """Add one attempt, with its tokens and dollars, to the session."""
     call = FrontierCall(
         document_id=document_id,
         run_id=run_id,
+        batch_id=batch_id,
         attempt=attempt,
         model=result.model,
         status=result.status,
@@ -98,61 +100,83 @@ def record_call(
 
 
 def _record(document_id: int, run_id: int, result: FrontierResult, final: bool, audit: bool) -> int:
-    stage = Stage.AUDIT if audit else Stage.FRONTIER
     with session_scope() as session:
-        attempt = 1 + (
-            session.scalar(select(func.count()).where(FrontierCall.document_id == document_id)) or 0
+        attempt = record_outcome(session, document_id, run_id, result, final, audit)
+        if not result.declined:  # after "none of these" the whole taxonomy is asked next,
+            release_lease(session, document_id)  # under the same lease
+        return attempt
+
+
+def attempts_made(session: Session, document_id: int) -> int:
+    """Frontier calls recorded for the document so far."""
+    return int(
+        session.scalar(select(func.count()).where(FrontierCall.document_id == document_id)) or 0
+    )
+
+
+def record_outcome(
+    session: Session,
+    document_id: int,
+    run_id: int,
+    result: FrontierResult,
+    final: bool,
+    audit: bool = False,
+    batch_id: int | None = None,
+) -> int:
+    """Record one call and what it settles, in ``session``: the call with its tokens and
+    dollars; an answer's prediction, teacher example and final state; or, when the
+    attempt was the last (``final``), the failure. Returns the attempt number."""
+    stage = Stage.AUDIT if audit else Stage.FRONTIER
+    attempt = 1 + attempts_made(session, document_id)
+    call = record_call(session, result, attempt, document_id, run_id, batch_id)
+    if result.declined:
+        return attempt
+    if result.status == OK and result.label is not None:
+        insert_predictions(
+            session,
+            [
+                {
+                    "document_id": document_id,
+                    "run_id": run_id,
+                    "stage": stage,
+                    "label": result.label,
+                    "confidence": result.confidence,
+                    "distribution": None,
+                    "model": result.model,
+                    "model_version_id": None,
+                    "latency_ms": result.latency_ms,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "cost_usd": result.cost_usd,
+                }
+            ],
         )
-        call = record_call(session, result, attempt, document_id, run_id)
-        if result.declined:
-            return attempt  # the whole taxonomy is asked next, under the same lease
-        release_lease(session, document_id)
-        if result.status == OK and result.label is not None:
-            insert_predictions(
-                session,
-                [
-                    {
-                        "document_id": document_id,
-                        "run_id": run_id,
-                        "stage": stage,
-                        "label": result.label,
-                        "confidence": result.confidence,
-                        "distribution": None,
-                        "model": result.model,
-                        "model_version_id": None,
-                        "latency_ms": result.latency_ms,
-                        "prompt_tokens": result.prompt_tokens,
-                        "completion_tokens": result.completion_tokens,
-                        "cost_usd": result.cost_usd,
-                    }
-                ],
-            )
-            # The learning loop: every frontier answer the cascade paid for is teacher data.
-            session.flush()
-            doc = session.get_one(Document, document_id)
-            run = session.get_one(Run, run_id)
-            insert_teacher_examples(
-                session,
-                [teacher_row(run.task_name, doc.text, result.label, stage_source(stage), call.id)],
-            )
-            if not audit:
-                move_documents(
-                    session,
-                    [document_id],
-                    WAITING,
-                    state=DocState.CLASSIFIED,
-                    final_stage=Stage.FRONTIER,
-                    error=None,
-                )
-        elif final and not audit:
+        # The learning loop: every frontier answer the cascade paid for is teacher data.
+        session.flush()
+        doc = session.get_one(Document, document_id)
+        run = session.get_one(Run, run_id)
+        insert_teacher_examples(
+            session,
+            [teacher_row(run.task_name, doc.text, result.label, stage_source(stage), call.id)],
+        )
+        if not audit:
             move_documents(
                 session,
                 [document_id],
                 WAITING,
-                state=DocState.FRONTIER_FAILED,
-                error=result.error,
+                state=DocState.CLASSIFIED,
+                final_stage=Stage.FRONTIER,
+                error=None,
             )
-        return attempt
+    elif final and not audit:
+        move_documents(
+            session,
+            [document_id],
+            WAITING,
+            state=DocState.FRONTIER_FAILED,
+            error=result.error,
+        )
+    return attempt
 
 
 # The lease outlives the longest call by 30 s (lease_s): while it holds, no other
@@ -205,7 +229,9 @@ def _pending(session: Session, document_id: int, audit: bool) -> Document | None
     return doc if done is None else None
 
 
-def _candidates(session: Session, doc: Document, run: Run, taxonomy: Taxonomy) -> list[str] | None:
+def candidates_for(
+    session: Session, doc: Document, run: Run, taxonomy: Taxonomy
+) -> list[str] | None:
     """The SLM's top labels this document's request offers, or None (the whole
     taxonomy): narrowing off, a taxonomy that has a label of the reserved name, or no
     stored distribution holding enough labels, or a narrowed answer already declined."""
@@ -333,7 +359,7 @@ def process_document(
         run = session.get_one(Run, doc.run_id)
         taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
         # Audits ask the whole taxonomy: they measure the SLM, so they must not lean on it.
-        candidates = None if audit else _candidates(session, doc, run, taxonomy)
+        candidates = None if audit else candidates_for(session, doc, run, taxonomy)
         text, run_id = doc.text, doc.run_id
     try:
         result = get_client().classify(text, taxonomy, candidates)
@@ -363,8 +389,11 @@ def process_document(
 )
 def classify_with_frontier(self: Any, document_id: int, audit: bool = False) -> str:
     """Celery entry point of the frontier stage; takes a document id only (``audit``:
-    a kept document sampled to measure the SLM's accuracy, its label stays the SLM's)."""
+    a kept document sampled to measure the SLM's accuracy, its label stays the SLM's).
+    In batch mode an escalation waits, escalated, for the next batch (workers/batch.py)."""
     s = get_settings()
+    if s.frontier_mode == "batch" and not audit:
+        return "batched"
     if self.request.is_eager:
         # In-process there is no broker to hold a countdown: wait here, same bounds.
         for retry in range(s.frontier_task_retries + 1):

@@ -83,7 +83,9 @@ class FrontierClient:
         self.response_format = "json_schema" if self._auto else settings.frontier_response_format
         self.logprobs = True
 
-    def _request(self, text: str, taxonomy: Taxonomy) -> Any:
+    def request_body(self, text: str, taxonomy: Taxonomy) -> dict[str, Any]:
+        """The chat-completion request for ``text`` (a synchronous call's arguments, and a
+        Batch API line's body)."""
         # The fixed part first (instructions and labels in the system message, the same
         # for every document of a full-taxonomy call), then the document: a provider's
         # prompt cache serves a repeated prefix at its cached-input price.
@@ -107,17 +109,28 @@ class FrontierClient:
         }
         if self.logprobs:
             request["logprobs"] = True
-        return self._client.chat.completions.create(**request)
+        return request
 
-    def _result(self, start: float, status: str, **fields: Any) -> FrontierResult:
+    def _request(self, text: str, taxonomy: Taxonomy) -> Any:
+        return self._client.chat.completions.create(**self.request_body(text, taxonomy))
+
+    @property
+    def api(self) -> openai.OpenAI:
+        """The underlying OpenAI client (the Batch API's files and batches)."""
+        return self._client
+
+    def _result(
+        self, start: float, status: str, batch: bool = False, **fields: Any
+    ) -> FrontierResult:
         pt, ct = fields.get("prompt_tokens", 0), fields.get("completion_tokens", 0)
         cached = fields.get("cached_tokens", 0)
+        usd = cost_usd(self._price_model, pt, ct, self._prices, cached, batch) if pt or ct else 0.0
         return FrontierResult(
             status=status,
             model=self.model,
             latency_ms=(time.perf_counter() - start) * 1000.0,
             response_format=self.response_format,
-            cost_usd=cost_usd(self._price_model, pt, ct, self._prices, cached) if pt or ct else 0.0,
+            cost_usd=usd,
             **fields,
         )
 
@@ -130,6 +143,35 @@ class FrontierClient:
         "none of these"; that answer comes back ``declined``, with no label.
         """
         result = self._classify(text, narrowed(taxonomy, candidates) if candidates else taxonomy)
+        return self._narrowed(result, candidates)
+
+    def batch_result(
+        self,
+        status_code: int,
+        body: dict[str, Any] | None,
+        error: str | None,
+        taxonomy: Taxonomy,
+        candidates: list[str] | None,
+        latency_ms: float,
+    ) -> FrontierResult:
+        """One Batch API output line as a result, priced at the batch price: ``body``
+        the chat completion the provider answered with ``status_code``, or ``error``."""
+        start = time.perf_counter() - latency_ms / 1000.0
+        offered = narrowed(taxonomy, candidates) if candidates else taxonomy
+        if body is None or status_code >= 400:
+            transient = status_code in (0, 408, 409, 429) or status_code >= 500
+            result = self._result(
+                start,
+                RETRYABLE if transient else FATAL,
+                http_status=status_code or None,
+                error=(error or f"HTTP {status_code}")[:500],
+            )
+        else:
+            completion = openai.types.chat.ChatCompletion.model_validate(body)
+            result = self._parse(start, completion, offered, batch=True)
+        return self._narrowed(result, candidates)
+
+    def _narrowed(self, result: FrontierResult, candidates: list[str] | None) -> FrontierResult:
         if not candidates:
             return result
         declined = result.status == OK and result.label == NONE_OF_THESE
@@ -177,7 +219,9 @@ class FrontierClient:
             return self._result(start, FATAL, error="the server rejected every request format")
         return self._parse(start, response, taxonomy)
 
-    def _parse(self, start: float, response: Any, taxonomy: Taxonomy) -> FrontierResult:
+    def _parse(
+        self, start: float, response: Any, taxonomy: Taxonomy, batch: bool = False
+    ) -> FrontierResult:
         usage = response.usage
         details = getattr(usage, "prompt_tokens_details", None) if usage else None
         tokens = {
@@ -193,11 +237,15 @@ class FrontierClient:
         except (json.JSONDecodeError, KeyError):
             # A billed answer that is not the requested JSON: retrying may fix it.
             return self._result(
-                start, RETRYABLE, error=f"malformed answer: {content[:200]!r}", **tokens
+                start, RETRYABLE, batch, error=f"malformed answer: {content[:200]!r}", **tokens
             )
         if label not in taxonomy:
             return self._result(
-                start, RETRYABLE, error=f"label outside the taxonomy: {label!r}"[:500], **tokens
+                start,
+                RETRYABLE,
+                batch,
+                error=f"label outside the taxonomy: {label!r}"[:500],
+                **tokens,
             )
         confidence = None
         logprobs = getattr(choice, "logprobs", None)
@@ -205,4 +253,4 @@ class FrontierClient:
             # Constrained decoding forces the JSON scaffolding, so the answer's joint
             # probability is the label's probability.
             confidence = min(1.0, math.exp(sum(t.logprob for t in logprobs.content)))
-        return self._result(start, OK, label=label, confidence=confidence, **tokens)
+        return self._result(start, OK, batch, label=label, confidence=confidence, **tokens)

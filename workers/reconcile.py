@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -61,7 +61,8 @@ def unsettled(
         .join(Run, Run.id == Document.run_id)
         .join(Task, Task.name == Run.task_name)
         .where(
-            Document.state.in_(UNSETTLED),
+            # In batch mode escalations wait for the batch pass, not for a task.
+            Document.state.in_(UNSETTLED if s.frontier_mode == "sync" else [DocState.QUEUED]),
             Document.updated_at <= utcnow() - timedelta(seconds=older_than_s),
         )
         .order_by(Document.updated_at)
@@ -139,10 +140,12 @@ def sweep() -> Requeued:
 
 
 class Sweeper:
-    """Runs ``sweep`` every ``interval_s`` on a daemon thread until stopped."""
+    """Runs ``work`` (default: ``sweep``) every ``interval_s`` on a daemon thread until
+    stopped."""
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, work: Callable[[], object] | None = None) -> None:
         self.interval_s = interval_s
+        self._work = work or sweep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shiftdown-sweep", daemon=True)
 
@@ -159,6 +162,6 @@ class Sweeper:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                sweep()
+                self._work()
             except Exception:  # the broker or the store is away: the next pass tries again
                 log.warning("reconciliation pass failed; trying again later", exc_info=True)

@@ -1,5 +1,6 @@
-"""Each worker's reconciliation sweep (``workers.reconcile.sweep``), started when the
-worker is ready and stopped when it shuts down, in the worker's main process."""
+"""Each worker's reconciliation sweep (``workers.reconcile.sweep``) and, in batch mode,
+its batch passes (``workers.batch``), started when the worker is ready and stopped when
+it shuts down, in the worker's main process."""
 
 from __future__ import annotations
 
@@ -10,19 +11,24 @@ from celery.signals import worker_ready, worker_shutdown
 from shiftdown.settings import get_settings
 from workers.reconcile import Sweeper
 
-_sweeper: Sweeper | None = None
+_sweepers: list[Sweeper] = []
 
 
 @worker_ready.connect
 def _start(**_: Any) -> None:
-    global _sweeper
     s = get_settings()
     # Postgres's advisory lock keeps passes from overlapping; SQLite runs embedded.
-    if s.reconcile_interval_s > 0 and s.database_url.startswith("postgresql"):
-        _sweeper = Sweeper(s.reconcile_interval_s).start()
+    if not s.database_url.startswith("postgresql"):
+        return
+    if s.reconcile_interval_s > 0:
+        _sweepers.append(Sweeper(s.reconcile_interval_s).start())
+    if s.frontier_mode == "batch" and s.frontier_configured:
+        from workers.batch import batch_pass
+
+        _sweepers.append(Sweeper(s.frontier_batch_poll_s, batch_pass).start())
 
 
 @worker_shutdown.connect
 def _stop(**_: Any) -> None:
-    if _sweeper is not None:
-        _sweeper.stop()
+    while _sweepers:
+        _sweepers.pop().stop()
