@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from models.ranking import compare_signals, kept_accuracy_at, risk_coverage_area
 
@@ -14,9 +15,10 @@ def test_a_perfect_ranking_has_the_least_area_and_keeps_only_right_answers() -> 
     assert risk_coverage_area(perfect, correct) < risk_coverage_area(backwards, correct)
     assert kept_accuracy_at(perfect, correct, 0.9) == 1.0
     assert kept_accuracy_at(backwards, correct, 0.9) == 80 / 90
-    # Ties count against the ranking: a constant score is no better than the base rate.
+    # A threshold cannot split a tie: a constant score keeps the base rate, in expectation.
     flat = np.zeros(100)
-    assert kept_accuracy_at(flat, correct, 0.9) == 80 / 90
+    assert kept_accuracy_at(flat, correct, 0.9) == pytest.approx(0.9)
+    assert risk_coverage_area(flat, correct) == pytest.approx(0.1)
 
 
 def test_the_margin_wins_where_the_runner_up_carries_the_doubt() -> None:
