@@ -7,14 +7,14 @@ import csv
 import json
 from pathlib import Path
 
-from shiftdown.errors import InputError
+from shiftdown.errors import RecordError
 from shiftdown.taxonomy import Taxonomy
 
 
 def read_labelled(
     path: Path, text_column: str, label_column: str, taxonomy: Taxonomy
 ) -> list[tuple[str, str]]:
-    """Every (text, label) of ``path``; raises InputError naming bad lines and labels."""
+    """Every (text, label) of ``path``; raises RecordError naming bad lines and labels."""
     examples: list[tuple[str, str]] = []
     problems: list[str] = []
     with path.open(encoding="utf-8", newline="") as f:
@@ -38,5 +38,5 @@ def read_labelled(
                 examples.append((text, str(label)))
     if problems:
         shown = "; ".join(problems[:10])
-        raise InputError(f"{path}: {len(problems)} bad example(s): {shown}")
+        raise RecordError(f"{path}: {len(problems)} bad example(s): {shown}")
     return examples

@@ -31,8 +31,8 @@ class TaxonomyError(FatalError):
     """A taxonomy file is unreadable, empty, or has duplicate or empty labels."""
 
 
-class InputError(FatalError):
-    """One input record is malformed; the rest of the input goes on."""
+class RecordError(FatalError):
+    """Input records are malformed (the table of rejected lines is ``schema.InputError``)."""
 
     def __init__(self, message: str, line_no: int | None = None) -> None:
         super().__init__(message)
@@ -41,11 +41,3 @@ class InputError(FatalError):
 
 class ModelError(FatalError):
     """A model file cannot be loaded or does not fit its task."""
-
-
-class FrontierRetryable(RetryableError):
-    """The frontier endpoint was rate-limited, timed out or failed on its side."""
-
-
-class FrontierFatal(FatalError):
-    """The frontier endpoint refused the request or answered outside the taxonomy."""

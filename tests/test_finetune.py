@@ -89,9 +89,9 @@ def test_a_model_for_other_labels_is_refused(
 
 def test_unknown_teacher_labels_are_refused(tmp_path: Path) -> None:
     from models.teacher import read_labelled
-    from shiftdown.errors import InputError
+    from shiftdown.errors import RecordError
 
     path = tmp_path / "t.csv"
     path.write_text("text,label\nhello,card_arrival\nbye,nonsense\n,card_arrival\n")
-    with pytest.raises(InputError, match=r"line 3: label 'nonsense'.*line 4: no text"):
+    with pytest.raises(RecordError, match=r"line 3: label 'nonsense'.*line 4: no text"):
         read_labelled(path, "text", "label", Taxonomy.from_data(LABELS))
