@@ -89,3 +89,36 @@ def test_escalation_to_a_real_openai_compatible_server(
     assert all(c.response_format == "json_object" for c in ok)
     assert all(c.prompt_tokens > 50 and c.completion_tokens > 0 for c in ok)
     assert all(c.cost_usd and c.cost_usd > 0 for c in ok)
+
+
+@pytest.mark.slow
+def test_a_narrowed_request_to_a_real_openai_compatible_server(
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    llama_server: str,
+    banking_taxonomy: Path,
+    write_jsonl: Callable[..., Path],
+) -> None:
+    # The SLM's top five and "none of these", as a json_object schema llama.cpp enforces.
+    use_settings(
+        SHIFTDOWN_DATABASE_URL=sqlite_url,
+        SHIFTDOWN_THRESHOLD="1.0",
+        SHIFTDOWN_FRONTIER_TOP_K="5",
+        OPENAI_BASE_URL=llama_server,
+        SHIFTDOWN_FRONTIER_MODEL="smollm2-local",
+        SHIFTDOWN_FRONTIER_PRICE_MODEL="gpt-4o-mini",
+    )
+    path = write_jsonl(
+        [{"text": "My card still has not arrived"}, {"text": "What is the exchange rate?"}]
+    )
+    result = CliRunner().invoke(cli, ["run", str(path), "--taxonomy", str(banking_taxonomy)])
+    assert result.exit_code == 0, result.output
+    with session_scope() as s:
+        docs = list(s.scalars(select(Document)))
+        calls = list(s.scalars(select(FrontierCall).order_by(FrontierCall.id)))
+    assert [d.state for d in docs] == [DocState.CLASSIFIED] * 2
+    for doc in docs:
+        mine = [(c.offered, c.status) for c in calls if c.document_id == doc.id]
+        # Its narrowed answer, or "none of these" and then the whole taxonomy.
+        assert mine in ([(5, "ok")], [(5, "ok"), (None, "ok")]), mine
+    assert all(c.response_format == "json_object" and c.prompt_tokens > 20 for c in calls)
