@@ -493,6 +493,7 @@ def _drive(
             time.sleep(1.0)
         settled_at = time.monotonic()
         died = run.workers.died()
+        state = _state(produced)  # the figures, read once more whatever ended the wait
     finally:
         run.workers.stop_all()
     run.workers.died_on_their_own = died
