@@ -46,7 +46,11 @@ def test_postgres_unavailable_for_20_s_mid_run_loses_and_duplicates_nothing(stac
     c = counts(run_id)
     assert c["labelled"] == n and c["duplicates"] == 0 and c["stages"]["slm"] == n, c
     text = stack.log.read_text(errors="replace")
-    # Retried, not lost: the log shows the database errors the tasks retried through.
-    assert "OperationalError" in text and "Retry in" in text, text[-3000:]
+    # Met, and ridden out: tasks retried through the broker on the database's errors, or
+    # a frontier answer already paid for waited in its process for the store to return
+    # (workers/frontier.py), holding the one worker process for the whole outage.
+    retried = "OperationalError" in text and "Retry in" in text
+    waited = "recording the frontier answer for document" in text
+    assert retried or waited, text[-3000:]
     # A frontier call whose answer could not be recorded is made again: one per process.
     assert 0 <= calls_made - c["frontier_calls"] <= 1
