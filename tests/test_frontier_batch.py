@@ -109,7 +109,6 @@ def test_escalations_settle_through_batches_each_line_recorded_once_at_the_batch
         with pytest.raises(RuntimeError):
             batch.send_pass(now=True)
     assert api.created == 1
-    monkeypatch.setattr(batch, "PREPARING_GRACE", batch.PREPARING_GRACE * 0)
     monkeypatch.setattr(batch, "_create_at_provider", real_create)
     batch.send_pass()
     assert api.created == 1  # adopted, not created again

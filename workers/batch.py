@@ -8,8 +8,9 @@ Two passes, run by every worker every ``SHIFTDOWN_FRONTIER_BATCH_POLL_S`` (and b
   waited ``SHIFTDOWN_FRONTIER_BATCH_WAIT_S``, or a full batch waits) into one batch. The
   batch row and its documents are committed first (``preparing``), then its file is
   uploaded and the batch created with the row's id in its metadata, then the row is
-  marked ``submitted``. A worker that dies between the two finds its batch at the
-  provider by that metadata instead of creating (and paying for) a second one.
+  marked ``submitted``, all under a lock on the row. A worker that takes over a dead
+  one's batch finds it at the provider by that metadata instead of creating (and paying
+  for) a second one.
 - **collect**: each submitted batch is polled; once it has ended (completed, expired,
   failed, cancelled) every line is recorded as a ``frontier_calls`` row with its tokens
   and the batch price, in the same transaction that takes the document out of the batch
@@ -70,9 +71,6 @@ log = logging.getLogger(__name__)
 SEND_LOCK = 0x5D0B_A7C4
 ENDED = ("completed", "expired", "failed", "cancelled")
 METADATA_KEY = "shiftdown_batch"
-# A batch still preparing after this long was left by a worker that died while creating
-# it (a live one takes seconds): another worker finishes it.
-PREPARING_GRACE = timedelta(minutes=5)
 _CUSTOM_ID = re.compile(r"^doc-(\d+)-k(\d+)$")
 
 
@@ -179,31 +177,33 @@ def _find_at_provider(batch_id: int) -> Any | None:
 
 def _create_at_provider(batch_id: int) -> None:
     """Upload the batch's file and create it at the provider (or adopt the one a dead
-    worker created), then mark it submitted."""
+    worker created), then mark it submitted: all under a lock on its row, so that one
+    worker does it. A worker that dies holding the lock loses its connection, and with
+    it the lock: the next pass takes the batch over at once."""
     api = get_client().api
-    remote = _find_at_provider(batch_id)
-    if remote is None:
-        with session_scope() as session:
-            data = _lines(session, batch_id)
-        uploaded = api.files.create(file=(f"shiftdown-{batch_id}.jsonl", data), purpose="batch")
-        remote = api.batches.create(
-            input_file_id=uploaded.id,
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            metadata={METADATA_KEY: str(batch_id)},
-        )
     with session_scope() as session:
-        session.execute(
-            update(FrontierBatch)
+        row = session.scalar(
+            select(FrontierBatch)
             .where(FrontierBatch.id == batch_id, FrontierBatch.state == BatchState.PREPARING)
-            .values(
-                state=BatchState.SUBMITTED,
-                provider_batch_id=remote.id,
-                input_file_id=remote.input_file_id,
-                provider_status=remote.status,
-                submitted_at=utcnow(),
-            )
+            .with_for_update(skip_locked=True)
         )
+        if row is None:
+            return  # done, or another worker is on it
+        remote = _find_at_provider(batch_id)
+        if remote is None:
+            data = _lines(session, batch_id)
+            uploaded = api.files.create(file=(f"shiftdown-{batch_id}.jsonl", data), purpose="batch")
+            remote = api.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata={METADATA_KEY: str(batch_id)},
+            )
+        row.state = BatchState.SUBMITTED
+        row.provider_batch_id = remote.id
+        row.input_file_id = remote.input_file_id
+        row.provider_status = remote.status
+        row.submitted_at = utcnow()
     log.info("sent batch %d (%s)", batch_id, remote.id)
 
 
@@ -213,10 +213,7 @@ def send_pass(now: bool = False) -> int:
     with session_scope() as session:
         preparing = list(
             session.scalars(
-                select(FrontierBatch.id).where(
-                    FrontierBatch.state == BatchState.PREPARING,
-                    FrontierBatch.created_at <= utcnow() - PREPARING_GRACE,
-                )
+                select(FrontierBatch.id).where(FrontierBatch.state == BatchState.PREPARING)
             )
         )
     sent = 0
