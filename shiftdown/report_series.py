@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Integer, SQLColumnExpression, case, cast, 
 from sqlalchemy.orm import Session, aliased
 
 from shiftdown.errors import ConfigError
-from shiftdown.schema import DocState, Document, FrontierCall, Prediction, Run, Stage
+from shiftdown.schema import DocState, Document, FrontierCall, Prediction, Run, Stage, as_utc
 from shiftdown.units import nice_step, time_unit
 
 # About this many time buckets span a run, whatever its length.
@@ -85,8 +85,7 @@ class RunSeries:
 
 
 def _utc_epoch(ts: datetime) -> float:
-    # SQLite hands timestamps back without their zone; they were written in UTC.
-    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+    return as_utc(ts).timestamp()
 
 
 def _bucket(
@@ -111,7 +110,7 @@ def _last_event(session: Session, run_id: int) -> datetime | None:
         ),
     ]
     found = [session.scalar(q) for q in latest]
-    return max((t if t.tzinfo else t.replace(tzinfo=UTC) for t in found if t), default=None)
+    return max((as_utc(t) for t in found if t), default=None)
 
 
 def _cumulative(

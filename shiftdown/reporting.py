@@ -7,7 +7,7 @@ price table. Nothing is taken from the Celery backend.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -27,16 +27,14 @@ from shiftdown.schema import (
     Run,
     Stage,
     Task,
+    as_utc,
 )
 from shiftdown.settings import Settings
 from shiftdown.taxonomy import Taxonomy
 
 
 def _utc(ts: datetime | None) -> datetime | None:
-    # SQLite hands timestamps back without their zone; they were written in UTC.
-    if ts is None:
-        return None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    return None if ts is None else as_utc(ts)
 
 
 def latest_run_id(session: Session) -> int:

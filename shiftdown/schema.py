@@ -46,6 +46,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(ts: datetime) -> datetime:
+    """A stored timestamp with its zone: SQLite hands them back without one, and they
+    were written in UTC."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
 class DocState(enum.StrEnum):
     """Where a document is in the cascade."""
 

@@ -38,7 +38,6 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.candidates import top_candidates
 from models.registry import task_taxonomy
 from shiftdown.db import session_scope
 from shiftdown.prompts import narrowed
@@ -47,10 +46,9 @@ from shiftdown.schema import (
     DocState,
     Document,
     FrontierBatch,
-    Prediction,
     Run,
-    Stage,
     Task,
+    as_utc,
     utcnow,
 )
 from shiftdown.settings import get_settings
@@ -61,6 +59,7 @@ from workers.frontier import (
     get_client,
     over_budget,
     record_outcome,
+    stored_candidates,
 )
 from workers.frontier_client import FrontierResult
 from workers.store import move_documents
@@ -111,12 +110,10 @@ def _gather(session: Session, now: bool = False) -> int | None:
     if not waiting:
         return None
     oldest = min(row.updated_at for row in waiting)
-    if oldest.tzinfo is None:  # SQLite returns naive UTC
-        oldest = oldest.replace(tzinfo=utcnow().tzinfo)
     due = (
         now
         or len(waiting) >= s.frontier_batch_max_requests
-        or (utcnow() - oldest >= timedelta(seconds=s.frontier_batch_wait_s))
+        or (utcnow() - as_utc(oldest) >= timedelta(seconds=s.frontier_batch_wait_s))
     )
     if not due:
         return None
@@ -175,11 +172,12 @@ def _find_at_provider(batch_id: int) -> Any | None:
     return None
 
 
-def _create_at_provider(batch_id: int) -> None:
+def _create_at_provider(batch_id: int) -> int:
     """Upload the batch's file and create it at the provider (or adopt the one a dead
-    worker created), then mark it submitted: all under a lock on its row, so that one
-    worker does it. A worker that dies holding the lock loses its connection, and with
-    it the lock: the next pass takes the batch over at once."""
+    worker created), then mark it submitted; returns its requests (0 when another worker
+    has it). All under a lock on its row, so that one worker does it: a worker that dies
+    holding the lock loses its connection, and with it the lock, and the next pass takes
+    the batch over at once."""
     api = get_client().api
     with session_scope() as session:
         row = session.scalar(
@@ -188,7 +186,7 @@ def _create_at_provider(batch_id: int) -> None:
             .with_for_update(skip_locked=True)
         )
         if row is None:
-            return  # done, or another worker is on it
+            return 0  # done, or another worker is on it
         remote = _find_at_provider(batch_id)
         if remote is None:
             data = _lines(session, batch_id)
@@ -204,7 +202,9 @@ def _create_at_provider(batch_id: int) -> None:
         row.input_file_id = remote.input_file_id
         row.provider_status = remote.status
         row.submitted_at = utcnow()
+        requests = row.requests
     log.info("sent batch %d (%s)", batch_id, remote.id)
+    return requests
 
 
 def send_pass(now: bool = False) -> int:
@@ -216,15 +216,11 @@ def send_pass(now: bool = False) -> int:
                 select(FrontierBatch.id).where(FrontierBatch.state == BatchState.PREPARING)
             )
         )
-    sent = 0
-    for left in preparing:
-        _create_at_provider(left)
+    sent = sum(_create_at_provider(left) for left in preparing)
     with session_scope() as session:
         new = _gather(session, now)
     if new is not None:
-        _create_at_provider(new)
-        with session_scope() as session:
-            sent = session.get_one(FrontierBatch, new).requests
+        sent += _create_at_provider(new)
     return sent
 
 
@@ -266,12 +262,7 @@ def _record_line(batch: FrontierBatch, document_id: int, line: Line, latency_ms:
         doc = session.get_one(Document, document_id)
         run = session.get_one(Run, doc.run_id)
         taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
-        distribution = session.scalar(
-            select(Prediction.distribution).where(
-                Prediction.document_id == document_id, Prediction.stage == Stage.SLM
-            )
-        )
-        candidates = top_candidates(distribution, line.offered) if line.offered else None
+        candidates = stored_candidates(session, document_id, line.offered) if line.offered else None
         result: FrontierResult = get_client().batch_result(
             line.status_code, line.body, line.error, taxonomy, candidates, latency_ms
         )
@@ -305,7 +296,7 @@ def collect_pass() -> int:
             continue
         lines = {**_output(remote.error_file_id), **_output(remote.output_file_id)}
         started = batch.submitted_at or batch.created_at
-        latency_ms = max(0.0, (utcnow() - _aware(started)).total_seconds() * 1000.0)
+        latency_ms = max(0.0, (utcnow() - as_utc(started)).total_seconds() * 1000.0)
         with session_scope() as session:
             carried = list(
                 session.scalars(select(Document.id).where(Document.frontier_batch_id == batch.id))
@@ -323,10 +314,6 @@ def collect_pass() -> int:
             )
         log.info("recorded batch %d (%s): %s", batch.id, remote.id, remote.status)
     return recorded
-
-
-def _aware(moment: Any) -> Any:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=utcnow().tzinfo)
 
 
 def batch_pass(now: bool = False) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -30,6 +30,7 @@ from shiftdown.schema import (
     Run,
     Stage,
     Task,
+    as_utc,
     utcnow,
 )
 from shiftdown.settings import get_settings
@@ -248,9 +249,15 @@ def candidates_for(
     )
     if declined_before is not None:
         return None  # a retry after "none of these": straight to the whole taxonomy
+    return stored_candidates(session, doc.id, k)
+
+
+def stored_candidates(session: Session, document_id: int, k: int) -> list[str] | None:
+    """The ``k`` most probable labels of the document's stored SLM distribution (None
+    when it holds fewer)."""
     distribution = session.scalar(
         select(Prediction.distribution).where(
-            Prediction.document_id == doc.id, Prediction.stage == Stage.SLM
+            Prediction.document_id == document_id, Prediction.stage == Stage.SLM
         )
     )
     return top_candidates(distribution, k)
@@ -303,8 +310,7 @@ def lease_left_s(session: Session, document_id: int) -> float:
     until = session.scalar(select(Document.frontier_lease_until).where(Document.id == document_id))
     if until is None:
         return 0.0
-    until = until if until.tzinfo else until.replace(tzinfo=UTC)
-    return max(0.0, (until - utcnow()).total_seconds())
+    return max(0.0, (as_utc(until) - utcnow()).total_seconds())
 
 
 def take_lease(session: Session, document_id: int, audit: bool) -> bool:
