@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from cli.common import handle_errors
+from shiftdown.manifest import ModelManifest
 
 
 @click.command()
@@ -25,9 +25,6 @@ def export(model_dir: Path, serve: str | None) -> None:
 
     files = merge_model_dir(model_dir)
     manifest_path = model_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["merged"] = files
-    if serve:
-        manifest["serve"] = serve
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = ModelManifest.load(manifest_path).updated(merged=files, serve=serve)
+    manifest.write(manifest_path)
     click.echo(", ".join(f"{kind}: {model_dir / name}" for kind, name in files.items()))

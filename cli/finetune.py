@@ -124,4 +124,4 @@ def finetune(
             on_step,
             heldout=valid_set,
         )
-    click.echo(f"wrote {out_dir} ({manifest['train_seconds']} s of training)")
+    click.echo(f"wrote {out_dir} ({manifest.train_seconds} s of training)")

@@ -10,11 +10,11 @@ throughput comes from.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,8 @@ from models.coding import (
     Vocab,
 )
 from shiftdown.errors import ModelError
+from shiftdown.manifest import ModelManifest
+from shiftdown.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,22 @@ class RuntimeOptions:
         """Tokens one batched decode may hold."""
         return self.decode_tokens or max(self.n_batch, 32 * self.parallel)
 
+    @classmethod
+    def from_settings(cls, s: Settings) -> RuntimeOptions:
+        """The options the settings (``SHIFTDOWN_*``) give this machine."""
+        return cls(
+            n_ctx=s.n_ctx,
+            # llama-cpp-python's own default is half the cores; a worker process that is
+            # alone on its machine should use them all (set n_threads when running several).
+            n_threads=s.n_threads or os.cpu_count() or 1,
+            n_batch=s.n_batch,
+            n_gpu_layers=s.n_gpu_layers,
+            max_text_chars=s.max_text_chars,
+            parallel=s.parallel,
+            decode_tokens=s.decode_tokens,
+            flash_attn=s.flash_attn,
+        )
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -60,7 +78,7 @@ class ModelSpec:
     gguf_path: str
     labels: tuple[str, ...]
     adapter_path: str | None = None
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: ModelManifest = field(default_factory=ModelManifest)
 
 
 @dataclass(frozen=True)
@@ -139,8 +157,8 @@ class Classifier:
         self.spec = spec
         self.labels = list(spec.labels)
         self.options = options
-        self.temperature = float(spec.manifest.get("temperature", 1.0))
-        template = spec.manifest.get("prompt_template") or chat_template_prompt(self._llm.metadata)
+        self.temperature = spec.manifest.served_temperature
+        template = spec.manifest.prompt_template or chat_template_prompt(self._llm.metadata)
         self.template = PromptTemplate(template)
         self._vocab = Vocab(self._llm)
         prefix, suffix = self.template.split(self.labels)
@@ -175,10 +193,10 @@ class Classifier:
             self._llm.eval(self._prefix)
             self._prefix_ready = True
 
-    def _codes(self, manifest: dict[str, Any]) -> list[int]:
-        coded = manifest.get("label_codes")
+    def _codes(self, manifest: ModelManifest) -> list[int]:
+        coded = manifest.label_codes
         if coded is not None:
-            if list(manifest.get("labels", [])) != self.labels:
+            if list(manifest.labels or []) != self.labels:
                 raise ModelError("the model's label coding was made for another label list")
             return [int(c) for c in coded]
         return self._vocab.codes(self.labels)

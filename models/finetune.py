@@ -9,7 +9,6 @@ code path as serving. Needs the ``train`` extra (torch, transformers, peft, gguf
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shlex
@@ -23,6 +22,7 @@ from typing import Any
 from models.coding import FINETUNE_TEMPLATE, PromptTemplate, Vocab
 from models.finetune_manifest import file_sha256, teacher_hash, write_heldout
 from models.gguf_adapter import gguf_lora_tensors, write_adapter
+from shiftdown.manifest import FORMAT, BaseModelRef, ModelManifest, TeacherSetRef
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -114,7 +114,7 @@ def finetune(
     config: FinetuneConfig = FinetuneConfig(),
     on_step: Callable[[int, int, float], None] | None = None,
     heldout: Sequence[tuple[str, str]] = (),
-) -> dict[str, Any]:
+) -> ModelManifest:
     """Train a LoRA adapter on ``examples`` and write ``adapter.gguf`` + ``manifest.json``
     (and ``heldout.csv``, the examples kept out of training, when given).
 
@@ -216,19 +216,19 @@ def finetune(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = export(model, base_gguf, out_dir, config)
-    manifest: dict[str, Any] = {
-        "format": "shiftdown-model/1",
-        "base_model": {"file": base_gguf.name, "sha256": file_sha256(base_gguf)},
+    manifest = ModelManifest(
+        format=FORMAT,
+        base_model=BaseModelRef(file=base_gguf.name, sha256=file_sha256(base_gguf)),
         **files,
-        "labels": list(labels),
-        "label_codes": codes,
-        "prompt_template": FINETUNE_TEMPLATE,
-        "temperature": 1.0,
-        "teacher_set": {"sha256": teacher_hash(examples), "examples": len(examples)},
-        **({"heldout": write_heldout(out_dir, heldout)} if heldout else {}),
-        "hyperparameters": {**asdict(config), "steps": total, "device": device},
-        "train_seconds": round(train_s, 1),
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        labels=list(labels),
+        label_codes=codes,
+        prompt_template=FINETUNE_TEMPLATE,
+        temperature=1.0,
+        teacher_set=TeacherSetRef(sha256=teacher_hash(examples), examples=len(examples)),
+        heldout=write_heldout(out_dir, heldout) if heldout else None,
+        hyperparameters={**asdict(config), "steps": total, "device": device},
+        train_seconds=round(train_s, 1),
+        command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    )
+    manifest.write(out_dir / "manifest.json")
     return manifest

@@ -7,9 +7,9 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from shiftdown.errors import ModelError
+from shiftdown.manifest import HeldoutRef, ModelManifest
 
 
 def file_sha256(path: Path) -> str:
@@ -29,9 +29,9 @@ def teacher_hash(examples: Sequence[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
-def verify_base(base: Path, manifest: dict[str, Any]) -> None:
+def verify_base(base: Path, manifest: ModelManifest) -> None:
     """Refuse a base GGUF other than the one the adapter was trained on."""
-    expected = manifest.get("base_model", {}).get("sha256")
+    expected = manifest.base_model.sha256 if manifest.base_model else None
     if expected and file_sha256(base) != expected:
         raise ModelError(
             f"{base} is not the base model the adapter was trained on (SHA-256 differs)"
@@ -41,7 +41,7 @@ def verify_base(base: Path, manifest: dict[str, Any]) -> None:
 HELDOUT_FILE = "heldout.csv"
 
 
-def write_heldout(out_dir: Path, examples: Sequence[tuple[str, str]]) -> dict[str, Any]:
+def write_heldout(out_dir: Path, examples: Sequence[tuple[str, str]]) -> HeldoutRef:
     """Write the held-out split beside the model (text,label CSV); its manifest entry.
 
     Calibration and the escalation policy are fitted on it: data the model never saw.
@@ -51,4 +51,4 @@ def write_heldout(out_dir: Path, examples: Sequence[tuple[str, str]]) -> dict[st
         writer = csv.writer(f)
         writer.writerow(["text", "label"])
         writer.writerows(examples)
-    return {"file": HELDOUT_FILE, "examples": len(examples), "sha256": teacher_hash(examples)}
+    return HeldoutRef(file=HELDOUT_FILE, examples=len(examples), sha256=teacher_hash(examples))

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from models.candidates import DEFAULT_TARGET_RECALL, CandidateRule, choose_candidates
 from shiftdown.errors import ConfigError
+from shiftdown.manifest import ModelManifest
 
 KEPT_ACCURACY = "kept_accuracy"
 MAX_ESCALATION = "max_escalation"
@@ -143,14 +144,20 @@ class Policy:
         )
 
 
-def offered_k(manifest: dict[str, Any] | None, override: int | None = None) -> int:
+def stored_policy(manifest: ModelManifest) -> Policy | None:
+    """The policy stored in a model version's manifest (None: runs use the task's
+    hand-set threshold)."""
+    return Policy.from_dict(manifest.policy) if manifest.policy else None
+
+
+def offered_k(manifest: ModelManifest | None, override: int | None = None) -> int:
     """How many of the SLM's top labels an escalated document's frontier request offers
     under a model version's stored policy (``override``: SHIFTDOWN_FRONTIER_TOP_K);
     0: the whole taxonomy."""
     if override is not None:
         return override
-    stored = (manifest or {}).get("policy")
-    rule = Policy.from_dict(stored).candidates if stored else None
+    policy = stored_policy(manifest) if manifest else None
+    rule = policy.candidates if policy else None
     return rule.k if rule else 0
 
 

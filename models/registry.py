@@ -7,7 +7,6 @@ with the version; a bare GGUF gets the model's own chat template and label codin
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from models.base import default_gguf_path
 from models.classifier import ModelSpec
 from models.finetune_manifest import verify_base
 from shiftdown.errors import ConfigError, ModelError
+from shiftdown.manifest import ModelManifest
 from shiftdown.schema import ModelVersion, Task, utcnow
 from shiftdown.taxonomy import Taxonomy
 
@@ -48,18 +48,10 @@ def task_taxonomy(task: Task) -> Taxonomy:
     return Taxonomy.from_data(task.taxonomy)
 
 
-def read_manifest(gguf_path: Path) -> dict[str, Any]:
+def read_manifest(gguf_path: Path) -> ModelManifest:
     """The sidecar manifest of a GGUF, or an empty one."""
     sidecar = gguf_path.with_name(gguf_path.name + ".manifest.json")
-    if not sidecar.is_file():
-        return {}
-    try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"unreadable manifest {sidecar}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"manifest {sidecar} is not a JSON object")
-    return data
+    return ModelManifest.load(sidecar) if sidecar.is_file() else ModelManifest()
 
 
 def register(
@@ -67,7 +59,7 @@ def register(
     task_name: str,
     gguf_path: str | Path,
     adapter_path: str | None = None,
-    manifest: dict[str, Any] | None = None,
+    manifest: ModelManifest | None = None,
 ) -> ModelVersion:
     """The version of ``task_name`` for this file (and adapter), registering it if new."""
     path = Path(gguf_path).resolve()
@@ -92,14 +84,14 @@ def register(
         version=(latest or 0) + 1,
         gguf_path=str(path),
         adapter_path=adapter_path,
-        manifest=manifest if manifest is not None else read_manifest(path),
+        manifest=(manifest if manifest is not None else read_manifest(path)).to_data(),
     )
     session.add(version)
     session.flush()
     return version
 
 
-def load_model_dir(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
+def load_model_dir(path: Path) -> tuple[Path, Path | None, ModelManifest]:
     """(GGUF, adapter, manifest) of a model directory made by ``shiftdown finetune``.
 
     The manifest's ``serve`` entry picks what is loaded: ``adapter`` (the base GGUF plus
@@ -108,19 +100,19 @@ def load_model_dir(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
     match the one the adapter was trained on.
     """
     manifest_path = path / "manifest.json" if path.is_dir() else path
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"unreadable model manifest {manifest_path}: {exc}") from exc
+    manifest = ModelManifest.load(manifest_path)
     folder = manifest_path.parent
-    serve = manifest.get("serve", "adapter")
+    # The held-out split travels with the model directory; the registry keeps its path so
+    # that calibration and policy commands find it without being told.
+    if manifest.heldout is not None:
+        manifest.heldout.path = str((folder / manifest.heldout.file).resolve())
+    serve = manifest.serve or "adapter"
     if serve != "adapter":
-        merged = folder / manifest.get("merged", {}).get(serve, f"model-{serve}.gguf")
+        merged = folder / (manifest.merged or {}).get(serve, f"model-{serve}.gguf")
         if not merged.is_file():
             raise ModelError(f"{merged} ({serve}) of {manifest_path} not found")
-        _locate_heldout(manifest, folder)
         return merged, None, manifest
-    base_name = manifest.get("base_model", {}).get("file")
+    base_name = manifest.base_model.file if manifest.base_model else None
     if not base_name:
         raise ModelError(f"{manifest_path} names no base model")
     base = folder / base_name
@@ -137,31 +129,16 @@ def load_model_dir(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
             raise ModelError(f"base model {base_name} of {manifest_path} not found")
         base = default
     verify_base(base, manifest)
-    _locate_heldout(manifest, folder)
-    adapter = folder / manifest["adapter"] if manifest.get("adapter") else None
+    adapter = folder / manifest.adapter if manifest.adapter else None
     if adapter is not None and not adapter.is_file():
         raise ModelError(f"adapter {adapter} of {manifest_path} not found")
     return base, adapter, manifest
 
 
-def _locate_heldout(manifest: dict[str, Any], folder: Path) -> None:
-    # The held-out split travels with the model directory; the registry keeps its path so
-    # that calibration and policy commands find it without being told.
-    heldout = manifest.get("heldout")
-    if isinstance(heldout, dict) and heldout.get("file"):
-        heldout["path"] = str((folder / heldout["file"]).resolve())
-
-
 def update_manifest(session: Session, version: ModelVersion, **entries: Any) -> None:
     """Set (or, with None, remove) top-level entries of a version's stored manifest."""
-    manifest = dict(version.manifest or {})
-    for key, value in entries.items():
-        if value is None:
-            manifest.pop(key, None)
-        else:
-            manifest[key] = value
     # A new dict, so that SQLAlchemy sees the JSON column change.
-    version.manifest = manifest
+    version.manifest = version.read_manifest().updated(**entries).to_data()
     session.flush()
 
 
@@ -250,8 +227,8 @@ def resolve_model(
     return version
 
 
-def _mismatch(manifest: dict[str, Any], task: Task) -> str | None:
-    trained = manifest.get("labels")
+def _mismatch(manifest: ModelManifest, task: Task) -> str | None:
+    trained = manifest.labels
     current = [label["name"] for label in task.taxonomy]
     if trained is None or list(trained) == current:
         return None
@@ -264,7 +241,7 @@ def _mismatch(manifest: dict[str, Any], task: Task) -> str | None:
     )
 
 
-def check_labels(manifest: dict[str, Any], task: Task) -> None:
+def check_labels(manifest: ModelManifest, task: Task) -> None:
     """A model trained for another label list is never used silently."""
     problem = _mismatch(manifest, task)
     if problem:
@@ -276,7 +253,7 @@ def label_mismatch(version: ModelVersion, task: Task) -> str | None:
 
     A bare GGUF (no trained label list) reads the labels from its prompt and serves any.
     """
-    problem = _mismatch(dict(version.manifest or {}), task)
+    problem = _mismatch(version.read_manifest(), task)
     if problem is None:
         return None
     return (
@@ -291,7 +268,7 @@ def spec_for(version: ModelVersion, taxonomy: Taxonomy) -> ModelSpec:
         gguf_path=version.gguf_path,
         labels=tuple(taxonomy.names),
         adapter_path=version.adapter_path,
-        manifest=dict(version.manifest or {}),
+        manifest=version.read_manifest(),
     )
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import insert
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
+from models.policy import stored_policy
 from models.registry import ensure_task, label_mismatch, resolve_model
 from producers.readers import Record, Rejected
 from shiftdown.db import insert_or_skip, session_scope
@@ -60,12 +61,12 @@ def create_run(
     with session_scope() as session:
         task = ensure_task(session, task_name, taxonomy, s.threshold)
         version = resolve_model(session, task, model_ref, s.model_path)
-        policy = (version.manifest or {}).get("policy")
+        policy = stored_policy(version.read_manifest())
         run = Run(
             task_name=task.name,
             model_version_id=version.id,
             # The version's solved policy wins over the task's hand-set threshold.
-            threshold=float(policy["threshold"]) if policy else task.threshold,
+            threshold=policy.threshold if policy else task.threshold,
             source=source,
             slm_bypass=label_mismatch(version, task),
         )

@@ -5,6 +5,7 @@ a budget cap) are paid for; and the documents it takes to pay back the switch.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -25,6 +26,56 @@ from shiftdown.settings import Settings
 from shiftdown.taxonomy import Taxonomy
 
 WAITING_FOR_FRONTIER = (DocState.ESCALATED, DocState.AWAITING_FRONTIER)
+
+
+def _r(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass(frozen=True)
+class Counterfactual:
+    """What the run would have cost at the frontier, and the saving on the documents
+    that left the SLM queue so far (``handled_documents``)."""
+
+    all_frontier_usd: float | None
+    all_frontier_usd_per_1k_docs: float | None
+    handled_documents: int
+    so_far_usd: float | None
+    saving_pct: float | None
+    basis: str
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The run's spend and saving once the documents still owed a frontier answer are
+    paid for (``projected_usd`` None: no price to project with, ``basis`` says why)."""
+
+    waiting_documents: int
+    queued_documents: int
+    expected_escalations: float
+    usd_per_escalation: float | None
+    basis: str
+    projected_usd: float | None = None
+    saving_pct: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready figures (without a projection when there is no price)."""
+        data = asdict(self)
+        if self.projected_usd is None:
+            del data["projected_usd"], data["saving_pct"]
+        return data
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """The switch's one-off cost and the documents that pay it back."""
+
+    teacher_usd: float
+    finetune_seconds: float
+    finetune_usd: float
+    one_off_usd: float
+    saving_per_1k_docs: float | None
+    break_even_documents: int | None
 
 
 def frontier_usd_per_document(
@@ -106,21 +157,21 @@ def counterfactual(
     states: dict[str, int],
     spent: float,
     settings: Settings,
-) -> dict[str, Any]:
+) -> Counterfactual:
     """The all-frontier cost of the run, and of the documents that left the SLM queue so
     far, with the saving the cascade made on those."""
     per_doc, basis = all_frontier_usd_per_document(session, run, taxonomy, settings)
     n_docs = sum(states.values())
     handled = n_docs - states.get(DocState.QUEUED, 0)
     so_far = per_doc * handled if per_doc is not None else None
-    return {
-        "all_frontier_usd": round(per_doc * n_docs, 6) if per_doc is not None else None,
-        "all_frontier_usd_per_1k_docs": round(per_doc * 1000, 6) if per_doc is not None else None,
-        "handled_documents": handled,
-        "so_far_usd": round(so_far, 6) if so_far is not None else None,
-        "saving_pct": round(100 * (1 - spent / so_far), 2) if so_far else None,
-        "basis": basis,
-    }
+    return Counterfactual(
+        all_frontier_usd=_r(per_doc * n_docs, 6) if per_doc is not None else None,
+        all_frontier_usd_per_1k_docs=_r(per_doc * 1000, 6) if per_doc is not None else None,
+        handled_documents=handled,
+        so_far_usd=_r(so_far, 6),
+        saving_pct=round(100 * (1 - spent / so_far), 2) if so_far else None,
+        basis=basis,
+    )
 
 
 def projection(
@@ -132,7 +183,7 @@ def projection(
     escalation_rate: float | None,
     all_frontier_usd: float | None,
     settings: Settings,
-) -> dict[str, Any] | None:
+) -> Projection | None:
     """The run's spend and saving once every document still owed a frontier answer is
     paid for, at the measured (else estimated) cost per escalation; None when nothing
     waits. Documents still queued for the SLM count at the run's escalation rate."""
@@ -149,26 +200,21 @@ def projection(
     ) or session.scalar(
         select(func.avg(func.length(Document.text))).where(Document.run_id == run.id)
     )
-    figures: dict[str, Any] = {
-        "waiting_documents": waiting,
-        "queued_documents": queued,
-        "expected_escalations": round(expected, 2),
-    }
+    owed = (waiting, queued, round(expected, 2))
     try:
         usd, basis = frontier_usd_per_document(
             session, run.task_name, taxonomy, float(mean_chars or 0), settings
         )
     except ConfigError as e:
-        return figures | {"usd_per_escalation": None, "basis": str(e)}
+        return Projection(*owed, usd_per_escalation=None, basis=str(e))
     projected = spent + expected * usd
-    return figures | {
-        "usd_per_escalation": round(usd, 8),
-        "basis": basis,
-        "projected_usd": round(projected, 6),
-        "saving_pct": round(100 * (1 - projected / all_frontier_usd), 2)
-        if all_frontier_usd
-        else None,
-    }
+    return Projection(
+        *owed,
+        usd_per_escalation=round(usd, 8),
+        basis=basis,
+        projected_usd=round(projected, 6),
+        saving_pct=round(100 * (1 - projected / all_frontier_usd), 2) if all_frontier_usd else None,
+    )
 
 
 def break_even(
@@ -178,7 +224,7 @@ def break_even(
     usd_per_doc: float | None,
     all_frontier_usd_per_doc: float | None,
     settings: Settings,
-) -> dict[str, Any]:
+) -> BreakEven:
     """The switch's one-off cost (teacher labels, fine-tuning compute) and how many
     documents at this run's measured cost per document pay it back."""
     teacher_usd = session.scalar(
@@ -186,7 +232,7 @@ def break_even(
         .join(TeacherExample, TeacherExample.frontier_call_id == FrontierCall.id)
         .where(TeacherExample.task_name == task_name, TeacherExample.source == "frontier")
     )
-    seconds = float((version.manifest or {}).get("train_seconds") or 0.0) if version else 0.0
+    seconds = (version.read_manifest().train_seconds or 0.0) if version else 0.0
     finetune_usd = seconds / 3600.0 * settings.finetune_usd_per_hour
     one_off = float(teacher_usd or 0.0) + finetune_usd
     saving = (
@@ -194,13 +240,13 @@ def break_even(
         if all_frontier_usd_per_doc is not None and usd_per_doc is not None
         else None
     )
-    return {
-        "teacher_usd": round(float(teacher_usd or 0.0), 6),
-        "finetune_seconds": seconds,
-        "finetune_usd": round(finetune_usd, 6),
-        "one_off_usd": round(one_off, 6),
-        "saving_per_1k_docs": round(1000 * saving, 6) if saving is not None else None,
-        "break_even_documents": (
+    return BreakEven(
+        teacher_usd=round(float(teacher_usd or 0.0), 6),
+        finetune_seconds=seconds,
+        finetune_usd=round(finetune_usd, 6),
+        one_off_usd=round(one_off, 6),
+        saving_per_1k_docs=round(1000 * saving, 6) if saving is not None else None,
+        break_even_documents=(
             round(one_off / saving) if saving and saving > 0 else (0 if one_off == 0 else None)
         ),
-    }
+    )

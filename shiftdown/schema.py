@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shiftdown.manifest import ModelManifest
+
 # Autoincrementing 64-bit ids on Postgres; SQLite only autoincrements INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer, "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
@@ -94,6 +96,10 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Last time this version became the task's served model; rollback goes back in it.
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def read_manifest(self) -> ModelManifest:
+        """The version's manifest, typed."""
+        return ModelManifest.read(self.manifest, f"manifest of {self.task_name} v{self.version}")
 
 
 class Task(Base):

@@ -13,6 +13,7 @@ from models.base import default_gguf_path
 from models.classifier import Classifier, ModelSpec, RuntimeOptions
 from models.coding import PromptTemplate, assign_codes
 from shiftdown.errors import ModelError
+from shiftdown.manifest import ModelManifest
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_parallel_beyond_what_llama_cpp_holds_is_refused_clearly(labels: tuple[s
 
 def test_manifest_coding_must_match_the_labels(labels: tuple[str, ...]) -> None:
     spec = ModelSpec(
-        str(default_gguf_path()), labels, manifest={"labels": ["x"], "label_codes": [1]}
+        str(default_gguf_path()), labels, manifest=ModelManifest(labels=["x"], label_codes=[1])
     )
     with pytest.raises(ModelError, match="another label list"):
         Classifier(spec, RuntimeOptions(n_ctx=1024))

@@ -14,8 +14,9 @@ pytest.importorskip("peft")
 
 from cli.main import cli
 from models.base import default_gguf_path
-from models.classifier import Classifier, RuntimeOptions
+from models.classifier import Classifier, ModelSpec, RuntimeOptions
 from models.registry import load_model_dir
+from shiftdown.manifest import ModelManifest
 from shiftdown.taxonomy import Taxonomy
 from tests.conftest import LABELS
 from tests.helpers import final_labels
@@ -26,8 +27,8 @@ def test_tiny_task_is_learned_and_served_by_llama_cpp(tiny: dict[str, object]) -
     base, adapter, manifest = load_model_dir(tiny["dir"])  # type: ignore[arg-type]
     assert base == default_gguf_path() and adapter is not None
     assert adapter.stat().st_size < 10 * 1024 * 1024
-    assert manifest["labels"] == LABELS and len(set(manifest["label_codes"])) == 4
-    assert manifest["teacher_set"]["examples"] == len(tiny["train"])  # type: ignore[arg-type]
+    assert manifest.labels == LABELS and len(set(manifest.label_codes or [])) == 4
+    assert manifest.teacher_set and manifest.teacher_set.examples == len(tiny["train"])  # type: ignore[arg-type]
     spec = spec_for_dir(base, adapter, manifest)
     clf = Classifier(spec, RuntimeOptions(n_ctx=512, n_threads=2))
     held_out: list[tuple[str, str]] = tiny["held_out"]  # type: ignore[assignment]
@@ -36,7 +37,7 @@ def test_tiny_task_is_learned_and_served_by_llama_cpp(tiny: dict[str, object]) -
     assert len(held_out) >= 40 and accuracy >= 0.9, accuracy
 
     # The merged export, quantized to Q8_0 by llama.cpp, has learned the task as well.
-    merged = Path(tiny["dir"]) / manifest["merged"]["q8_0"]  # type: ignore[arg-type]
+    merged = Path(tiny["dir"]) / (manifest.merged or {})["q8_0"]  # type: ignore[arg-type]
     q8 = Classifier(spec_for_dir(merged, None, manifest), RuntimeOptions(n_ctx=512, n_threads=2))
     assert sum(q8.classify(t).label == lbl for t, lbl in held_out) / len(held_out) >= 0.9
 
@@ -46,10 +47,8 @@ def test_tiny_task_is_learned_and_served_by_llama_cpp(tiny: dict[str, object]) -
     assert bare_correct < correct
 
 
-def spec_for_dir(base: Path, adapter: Path | None, manifest: dict[str, object]):  # type: ignore[no-untyped-def]
-    from models.classifier import ModelSpec
-
-    return ModelSpec(str(base), tuple(LABELS), str(adapter) if adapter else None, dict(manifest))
+def spec_for_dir(base: Path, adapter: Path | None, manifest: ModelManifest) -> ModelSpec:
+    return ModelSpec(str(base), tuple(LABELS), str(adapter) if adapter else None, manifest)
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ from models.policy import (
 from models.retrain import Contender, judge
 from shiftdown.drift import DriftCheck
 from shiftdown.errors import ConfigError
+from shiftdown.manifest import ModelManifest
 
 
 def synthetic_logits(n: int, k: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
@@ -235,6 +236,7 @@ def test_a_policy_keeps_its_candidate_rule() -> None:
     policy = Policy(0.4, Target(MAX_ESCALATION, 0.1), candidates=rule)
     again = Policy.from_dict(policy.to_dict())
     assert again.candidates == rule
-    assert offered_k({"policy": policy.to_dict()}) == 5
-    assert offered_k({"policy": policy.to_dict()}, override=0) == 0
-    assert offered_k({}) == 0 and offered_k(None, override=3) == 3
+    stored = ModelManifest(policy=policy.to_dict())
+    assert offered_k(stored) == 5
+    assert offered_k(stored, override=0) == 0
+    assert offered_k(ModelManifest()) == 0 and offered_k(None, override=3) == 3

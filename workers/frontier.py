@@ -38,6 +38,7 @@ from shiftdown.taxonomy import Taxonomy
 from workers.app import TASK_FRONTIER, app
 from workers.frontier_client import OK, RETRYABLE, FrontierClient, FrontierResult
 from workers.store import (
+    PredictionRow,
     insert_predictions,
     insert_teacher_examples,
     move_documents,
@@ -133,25 +134,19 @@ def record_outcome(
     if result.declined:
         return attempt
     if result.status == OK and result.label is not None:
-        insert_predictions(
-            session,
-            [
-                {
-                    "document_id": document_id,
-                    "run_id": run_id,
-                    "stage": stage,
-                    "label": result.label,
-                    "confidence": result.confidence,
-                    "distribution": None,
-                    "model": result.model,
-                    "model_version_id": None,
-                    "latency_ms": result.latency_ms,
-                    "prompt_tokens": result.prompt_tokens,
-                    "completion_tokens": result.completion_tokens,
-                    "cost_usd": result.cost_usd,
-                }
-            ],
+        row = PredictionRow(
+            document_id=document_id,
+            run_id=run_id,
+            stage=stage,
+            label=result.label,
+            confidence=result.confidence,
+            model=result.model,
+            latency_ms=result.latency_ms,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cost_usd=result.cost_usd,
         )
+        insert_predictions(session, [row])
         # The learning loop: every frontier answer the cascade paid for is teacher data.
         session.flush()
         doc = session.get_one(Document, document_id)
@@ -237,7 +232,7 @@ def candidates_for(
     taxonomy): narrowing off, a taxonomy that has a label of the reserved name, or no
     stored distribution holding enough labels, or a narrowed answer already declined."""
     version = session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
-    k = offered_k(version.manifest if version else None, get_settings().frontier_top_k)
+    k = offered_k(version.read_manifest() if version else None, get_settings().frontier_top_k)
     if not k or k >= len(taxonomy) or NONE_OF_THESE in taxonomy:
         return None
     declined_before = session.scalar(
@@ -400,34 +395,29 @@ def classify_with_frontier(self: Any, document_id: int, audit: bool = False) -> 
     s = get_settings()
     if s.frontier_mode == "batch" and not audit:
         return "batched"
-    if self.request.is_eager:
-        # In-process there is no broker to hold a countdown: wait here, same bounds.
-        for retry in range(s.frontier_task_retries + 1):
-            try:
-                result = process_document(document_id, retry < s.frontier_task_retries, audit)
-            except LeaseHeld as held:
+    retry = self.request.retries
+    while True:
+        try:
+            result = process_document(document_id, retry < s.frontier_task_retries, audit)
+        except LeaseHeld as held:
+            if self.request.is_eager:
                 log.warning("%s (another process holds it)", held)
                 return "leased"
-            if result is None or result.status != RETRYABLE:
-                break
-            if retry < s.frontier_task_retries:
-                time.sleep(result.retry_after_s or backoff_s(retry + 1))
-        return result.status if result else "noop"
-    retries_left = self.request.retries < s.frontier_task_retries
-    try:
-        result = process_document(document_id, retries_left, audit)
-    except LeaseHeld as held:
-        # A second delivery (the first outlived the visibility timeout, or died): look
-        # again once the lease has run out. By then the first has recorded its answer,
-        # and this is a no-op; or it died, and this delivery makes the call.
-        log.info("%s; checking again in %.0f s", held, held.seconds_left + 1)
-        classify_with_frontier.apply_async(
-            args=[document_id, audit], countdown=held.seconds_left + 1, queue=s.frontier_queue
-        )
-        return "leased"
-    if result is None:
-        return "noop"
-    if result.status == RETRYABLE and retries_left:
-        countdown = result.retry_after_s or backoff_s(self.request.retries + 1)
-        raise self.retry(countdown=countdown, max_retries=s.frontier_task_retries)
-    return result.status
+            # A second delivery (the first outlived the visibility timeout, or died): look
+            # again once the lease has run out. By then the first has recorded its answer,
+            # and this is a no-op; or it died, and this delivery makes the call.
+            log.info("%s; checking again in %.0f s", held, held.seconds_left + 1)
+            classify_with_frontier.apply_async(
+                args=[document_id, audit], countdown=held.seconds_left + 1, queue=s.frontier_queue
+            )
+            return "leased"
+        if result is None:
+            return "noop"
+        if result.status != RETRYABLE or retry >= s.frontier_task_retries:
+            return result.status
+        countdown = result.retry_after_s or backoff_s(retry + 1)
+        if not self.request.is_eager:
+            raise self.retry(countdown=countdown, max_retries=s.frontier_task_retries)
+        # In-process there is no broker to hold a countdown: wait here, same bounds.
+        time.sleep(countdown)
+        retry += 1

@@ -11,7 +11,6 @@ next decode.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,37 +23,21 @@ from sqlalchemy.exc import OperationalError
 
 from models.classifier import Classification, Classifier, RuntimeOptions
 from models.decode_loop import DecodeLoop
-from models.policy import Policy, offered_k
+from models.policy import offered_k, stored_policy
 from models.registry import model_name, spec_for, task_taxonomy
 from shiftdown.db import dispose_engines, session_scope
 from shiftdown.errors import FatalError, RetryableError
 from shiftdown.schema import DocState, Document, ModelVersion, Prediction, Run, Stage, Task
-from shiftdown.settings import Settings, get_settings
+from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
 from workers.app import TASK_FRONTIER, TASK_SLM, app, dispatch
-from workers.store import SlmOutcome, store_slm_outcomes
+from workers.store import PredictionRow, SlmOutcome, store_slm_outcomes
 
 log = logging.getLogger(__name__)
 
 _resident: OrderedDict[tuple[int, str], DecodeLoop] = OrderedDict()
 # Worker threads (the threads pool) ask for a model at once: it is loaded once.
 _loading = threading.Lock()
-
-
-def runtime_options(s: Settings) -> RuntimeOptions:
-    """llama.cpp options from settings."""
-    return RuntimeOptions(
-        n_ctx=s.n_ctx,
-        # llama-cpp-python's own default is half the cores; a worker process that is
-        # alone on its machine should use them all (set n_threads when running several).
-        n_threads=s.n_threads or os.cpu_count() or 1,
-        n_batch=s.n_batch,
-        n_gpu_layers=s.n_gpu_layers,
-        max_text_chars=s.max_text_chars,
-        parallel=s.parallel,
-        decode_tokens=s.decode_tokens,
-        flash_attn=s.flash_attn,
-    )
 
 
 def get_classifier(version: ModelVersion, taxonomy: Taxonomy) -> DecodeLoop:
@@ -69,7 +52,7 @@ def get_classifier(version: ModelVersion, taxonomy: Taxonomy) -> DecodeLoop:
         s = get_settings()
         while len(_resident) >= s.max_resident_models:
             evicted.append(_resident.popitem(last=False)[1])
-        loop = DecodeLoop(Classifier(spec_for(version, taxonomy), runtime_options(s)))
+        loop = DecodeLoop(Classifier(spec_for(version, taxonomy), RuntimeOptions.from_settings(s)))
         _resident[key] = loop
     # Outside the lock: an evicted model finishes what is queued on it first.
     for old in evicted:
@@ -136,8 +119,8 @@ def _load(ids: list[int]) -> list[_Work]:
 
 def per_label_thresholds(version: ModelVersion) -> dict[str, float]:
     """The per-label thresholds of the version's stored policy (empty when global)."""
-    stored = (version.manifest or {}).get("policy")
-    return Policy.from_dict(stored).per_label if stored else {}
+    policy = stored_policy(version.read_manifest())
+    return policy.per_label if policy else {}
 
 
 def audited(doc_id: int, rate: float) -> bool:
@@ -198,7 +181,7 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
         version = item.version
         if version.id not in thresholds:
             thresholds[version.id] = per_label_thresholds(version)
-            offered[version.id] = offered_k(version.manifest, s.frontier_top_k)
+            offered[version.id] = offered_k(version.read_manifest(), s.frontier_top_k)
             names[version.id] = model_name(version)
         limit = thresholds[version.id].get(outcome.label, item.run.threshold)
         escalated = outcome.confidence < limit
@@ -207,18 +190,19 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
         top_k = s.store_top_k
         if escalated and top_k and offered[version.id] > top_k:
             top_k = offered[version.id]
-        prediction = {
-            "document_id": item.doc_id,
-            "run_id": item.run.id,
-            "label": outcome.label,
-            "confidence": outcome.confidence,
-            "escalated": escalated,
-            "distribution": outcome.top_k(taxonomy.names, top_k),
-            "model": names[version.id],
-            "model_version_id": version.id,
-            "latency_ms": outcome.latency_ms,
-            "prompt_tokens": outcome.prompt_tokens,
-        }
+        prediction = PredictionRow(
+            document_id=item.doc_id,
+            run_id=item.run.id,
+            stage=Stage.SLM,
+            label=outcome.label,
+            confidence=outcome.confidence,
+            model=names[version.id],
+            latency_ms=outcome.latency_ms,
+            prompt_tokens=outcome.prompt_tokens,
+            escalated=escalated,
+            distribution=outcome.top_k(taxonomy.names, top_k),
+            model_version_id=version.id,
+        )
         state = parked if escalated else DocState.CLASSIFIED
         outcomes.append(SlmOutcome(item.doc_id, state, outcome.truncated, prediction))
     return outcomes

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import text as sql_text
@@ -21,11 +21,37 @@ from shiftdown.db import insert_or_skip
 from shiftdown.schema import DocState, Document, Prediction, Stage, TeacherExample, utcnow
 
 
-def insert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+@dataclass(frozen=True)
+class PredictionRow:
+    """One ``predictions`` row, whichever stage wrote it."""
+
+    document_id: int
+    run_id: int
+    stage: Stage
+    label: str
+    confidence: float | None
+    model: str
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+    escalated: bool | None = None
+    distribution: dict[str, float] | None = None
+    model_version_id: int | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        """The row as the insert takes it."""
+        return asdict(self)
+
+
+def insert_predictions(session: Session, rows: Sequence[PredictionRow]) -> None:
     """Bulk-insert predictions, skipping any (document, stage) already stored."""
     if not rows:
         return
-    session.execute(insert_or_skip(session, Prediction, ["document_id", "stage"]), list(rows))
+    session.execute(
+        insert_or_skip(session, Prediction, ["document_id", "stage"]),
+        [row.as_row() for row in rows],
+    )
 
 
 def move_documents(
@@ -55,7 +81,7 @@ class SlmOutcome:
     document_id: int
     state: DocState
     truncated: bool = False
-    prediction: dict[str, Any] | None = None
+    prediction: PredictionRow | None = None
     error: str | None = None
 
 
@@ -105,7 +131,7 @@ def store_slm_outcomes(session: Session, outcomes: Sequence[SlmOutcome]) -> None
                 "final_stage": Stage.SLM.value if o.state == DocState.CLASSIFIED else None,
                 "truncated": o.truncated,
                 "error": o.error,
-                **(o.prediction or {}),
+                **(o.prediction.as_row() if o.prediction else {}),
             }
             for o in outcomes
         ]
@@ -117,14 +143,7 @@ def store_slm_outcomes(session: Session, outcomes: Sequence[SlmOutcome]) -> None
         }
         session.execute(_PG_STORE_SLM, params)
         return
-    insert_predictions(
-        session,
-        [
-            {**o.prediction, "stage": Stage.SLM, "completion_tokens": 0, "cost_usd": 0.0}
-            for o in outcomes
-            if o.prediction is not None
-        ],
-    )
+    insert_predictions(session, [o.prediction for o in outcomes if o.prediction is not None])
     queued = [DocState.QUEUED]
     move_documents(
         session, [o.document_id for o in outcomes if o.truncated], queued, truncated=True
