@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from cli.common import handle_errors
-from cli.scoring import heldout_options, score_version
+from cli.common import ensure_schema, handle_errors
+from cli.options import heldout_options
+from cli.progress import progress_bar
 from models.calibration import fit_temperature, nll
 from models.evaluate import expected_calibration_error
 from models.registry import update_manifest
+from models.scoring import HeldoutData, score_version
 from shiftdown.db import session_scope
 from shiftdown.schema import ModelVersion
 
@@ -24,13 +25,7 @@ from shiftdown.schema import ModelVersion
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @handle_errors
 def calibrate(
-    model_ref: str | None,
-    task_name: str | None,
-    taxonomy: str | None,
-    data_path: Path | None,
-    text_column: str,
-    label_column: str,
-    limit: int | None,
+    held: HeldoutData,
     as_json: bool,
 ) -> None:
     """Fit the temperature that makes confidences match held-out accuracy, and store it
@@ -38,9 +33,8 @@ def calibrate(
 
     A policy solved at the old temperature no longer holds and is removed.
     """
-    scored = score_version(
-        model_ref, task_name, taxonomy, data_path, text_column, label_column, limit
-    )
+    ensure_schema()
+    scored = score_version(held, progress_bar)
     sc = scored.scores
     temperature = fit_temperature(sc.logits, sc.gold)
     figures: dict[str, Any] = {
@@ -54,7 +48,7 @@ def calibrate(
         "nll_after": round(nll(sc.logits, sc.gold, temperature), 4),
         "accuracy": round(float(sc.correct.mean()), 4),
     }
-    had_policy = "policy" in scored.manifest
+    had_policy = scored.manifest.policy is not None
     with session_scope() as session:
         update_manifest(
             session,

@@ -41,50 +41,6 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def input_options(func: F) -> F:
-    """Options shared by ``run`` and ``submit``."""
-    decorators = [
-        click.argument("source", type=click.Path(dir_okay=False, allow_dash=True)),
-        click.option(
-            "--taxonomy",
-            type=click.Path(exists=True, dir_okay=False),
-            help="Label file (JSON/YAML); needed when the task is new.",
-        ),
-        click.option(
-            "--task", "task_name", default=None, help="Task name (default: SHIFTDOWN_TASK)."
-        ),
-        click.option(
-            "--model",
-            "model_ref",
-            default=None,
-            help="GGUF path or model version (default: the task's promoted model).",
-        ),
-        click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(["auto", "jsonl", "csv", "text"]),
-            default="auto",
-            show_default=True,
-        ),
-        click.option(
-            "--text-field",
-            default="text",
-            show_default=True,
-            help="JSON field or CSV column holding the text.",
-        ),
-        click.option(
-            "--id-field",
-            default="id",
-            show_default=True,
-            help="JSON field or CSV column holding the document id (default: line number).",
-        ),
-        click.option("--limit", type=int, default=None, help="Submit only the first N records."),
-    ]
-    for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
-
-
 def load_taxonomy(path: str | None) -> Taxonomy | None:
     """The taxonomy file, if one was given."""
     return Taxonomy.from_file(path) if path else None

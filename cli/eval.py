@@ -10,21 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.common import ensure_schema, handle_errors, load_taxonomy
+from cli.options import limit_option, model_option, task_option, taxonomy_option
 from cli.progress import progress_bar
-from models.classifier import Classifier
-from models.evaluate import evaluate, write_chart
-from models.registry import (
-    ensure_task,
-    model_name,
-    resolve_model,
-    spec_for,
-    task_taxonomy,
-    update_manifest,
-)
-from models.teacher import read_labelled
-from shiftdown.db import session_scope
-from shiftdown.settings import get_settings
-from workers.slm import runtime_options
+from models.evaluate import write_chart
+from models.scoring import HeldoutData, evaluate_version
 
 
 @click.command("eval")
@@ -36,15 +25,10 @@ from workers.slm import runtime_options
 )
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--text-column", default="text", show_default=True)
-@click.option(
-    "--model",
-    "model_ref",
-    default=None,
-    help="Version, model directory or GGUF (default: promoted).",
-)
-@click.option("--task", "task_name", default=None, help="Task (default: SHIFTDOWN_TASK).")
-@click.option("--taxonomy", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--limit", type=int, default=None, help="Evaluate the first N examples only.")
+@model_option()
+@task_option
+@taxonomy_option
+@limit_option("Evaluate")
 @click.option(
     "--chart",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -66,41 +50,17 @@ def eval_command(
 ) -> None:
     """Evaluate a model on a labelled CSV/JSONL file, served exactly as workers serve it."""
     ensure_schema()
-    s = get_settings()
-    with session_scope() as session:
-        task = ensure_task(session, task_name or s.task, load_taxonomy(taxonomy), s.threshold)
-        version = resolve_model(session, task, model_ref, s.model_path)
-        tax = task_taxonomy(task)
-        spec, name, version_id = spec_for(version, tax), model_name(version), version.id
-    examples = read_labelled(data_path, text_column, label_column, tax)[:limit]
-    clf = Classifier(spec, runtime_options(s))
-    with progress_bar(f"eval {name}", total=len(examples)) as advance:
-        report, scores = evaluate(clf, examples, advance)
-    report["model"] = name
-    with session_scope() as session:
-        from shiftdown.schema import ModelVersion
-
-        update_manifest(
-            session,
-            session.get_one(ModelVersion, version_id),
-            evaluation={
-                k: report[k]
-                for k in (
-                    "documents",
-                    "accuracy",
-                    "macro_f1",
-                    "ece",
-                    "ece_uncalibrated",
-                    "temperature",
-                    "accuracy_at_coverage",
-                    "docs_per_s",
-                )
-            }
-            | {"data": str(data_path)},
-        )
+    held = HeldoutData(
+        model_ref, task_name, load_taxonomy(taxonomy), data_path, text_column, label_column, limit
+    )
+    result = evaluate_version(held, progress_bar)
+    report, name = result.report, result.name
     if chart:
         write_chart(
-            chart, scores.confidence(clf.temperature), scores.correct, f"{name} on {data_path.name}"
+            chart,
+            result.scores.confidence(result.temperature),
+            result.scores.correct,
+            f"{name} on {data_path.name}",
         )
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cli.common import ensure_schema, handle_errors
+from cli.options import task_option
 from models.registry import (
     find_version,
     model_name,
@@ -39,11 +40,6 @@ def _version_number(ref: str) -> int:
     return number
 
 
-task_option = click.option(
-    "--task", "task_name", default=None, help="Task (default: SHIFTDOWN_TASK)."
-)
-
-
 @click.group("models")
 def models_group() -> None:
     """Model versions: list, show, register, promote, roll back."""
@@ -65,7 +61,7 @@ def list_models(task_name: str | None) -> None:
             .where(ModelVersion.task_name == task.name)
             .order_by(ModelVersion.version)
         ):
-            evaluation = (v.manifest or {}).get("evaluation", {})
+            evaluation = v.read_manifest().evaluation or {}
             accuracy = evaluation.get("accuracy")
             table.add_row(
                 "*" if v.id == task.model_version_id else "",

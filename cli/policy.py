@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,75 +12,33 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.common import ensure_schema, handle_errors
-from cli.scoring import Scored, heldout_options, score_version
+from cli.options import (
+    TARGET_FLAGS,
+    economics_option,
+    heldout_options,
+    model_option,
+    target_options,
+    task_option,
+)
+from cli.progress import progress_bar
 from models.candidates import DEFAULT_TARGET_RECALL, gold_ranks, recall_curve
 from models.policy import (
-    KEPT_ACCURACY,
-    MAX_ESCALATION,
-    MAX_USD_PER_1K,
-    Economics,
     Outcome,
-    Policy,
     Target,
     cross_checked,
     curve,
     fit_policy,
     outcome,
+    stored_policy,
 )
-from models.registry import find_version, task_taxonomy, update_manifest, version_number
+from models.registry import find_version, update_manifest, version_number
+from models.scoring import HeldoutData, escalation_economics, score_version
 from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
-from shiftdown.savings import frontier_usd_per_document
 from shiftdown.schema import ModelVersion, Task
 from shiftdown.settings import get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def economics_option(func: F) -> F:
-    """How good the frontier is taken to be."""
-    return click.option(
-        "--frontier-accuracy",
-        type=click.FloatRange(0, 1),
-        default=1.0,
-        show_default=True,
-        help="Share of escalated documents the frontier labels right (its measured "
-        "agreement with your reference labels).",
-    )(func)
-
-
-_TARGETS = (
-    (KEPT_ACCURACY, "--kept-accuracy", click.FloatRange(0, 1), "minimum accuracy on kept"),
-    (MAX_ESCALATION, "--max-escalation", click.FloatRange(0, 1), "maximum escalation rate"),
-    (MAX_USD_PER_1K, "--max-usd-per-1k", click.FloatRange(0), "maximum $ per 1,000 docs"),
-)
-TARGET_FLAGS = ", ".join(flag for _, flag, _, _ in _TARGETS)
-
-
-def target_options(func: F) -> F:
-    """The three target options, passed on as one ``target`` argument: a Target, or
-    None when none is given (more than one is a usage error)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        chosen = [(kind, v) for kind, *_ in _TARGETS if (v := kwargs.pop(kind)) is not None]
-        if len(chosen) > 1:
-            raise click.UsageError(f"give one target: {TARGET_FLAGS}")
-        return func(*args, target=Target(*chosen[0]) if chosen else None, **kwargs)
-
-    for kind, flag, kind_type, text in reversed(_TARGETS):
-        wrapper = click.option(flag, kind, type=kind_type, help=f"Target: {text}.")(wrapper)
-    return wrapper  # type: ignore[return-value]
-
-
-def economics(scored: Scored, frontier_accuracy: float) -> tuple[Economics, str]:
-    """Dollars per escalation (recorded, else estimated) for this task."""
-    with session_scope() as session:
-        task = session.get_one(Task, scored.task_name)
-        usd, basis = frontier_usd_per_document(
-            session, task.name, task_taxonomy(task), scored.mean_chars, get_settings()
-        )
-    return Economics(usd_per_escalation=usd, frontier_accuracy=frontier_accuracy), basis
 
 
 def _pct(x: float | None) -> str:
@@ -128,13 +85,7 @@ def policy() -> None:
 )
 @handle_errors
 def set_policy(
-    model_ref: str | None,
-    task_name: str | None,
-    taxonomy: str | None,
-    data_path: Path | None,
-    text_column: str,
-    label_column: str,
-    limit: int | None,
+    held: HeldoutData,
     target: Target | None,
     per_label: bool,
     frontier_accuracy: float,
@@ -147,10 +98,9 @@ def set_policy(
     """
     if target is None:
         raise click.UsageError(f"give one target: {TARGET_FLAGS}")
-    scored = score_version(
-        model_ref, task_name, taxonomy, data_path, text_column, label_column, limit
-    )
-    econ, basis = economics(scored, frontier_accuracy)
+    ensure_schema()
+    scored = score_version(held, progress_bar)
+    econ, basis = escalation_economics(scored.task_name, scored.mean_chars, frontier_accuracy)
     sc = scored.scores
     conf, predicted, correct = sc.confidence(scored.temperature), sc.predicted, sc.correct
     fitted = {
@@ -214,23 +164,16 @@ def set_policy(
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
 @handle_errors
 def curve_command(
-    model_ref: str | None,
-    task_name: str | None,
-    taxonomy: str | None,
-    data_path: Path | None,
-    text_column: str,
-    label_column: str,
-    limit: int | None,
+    held: HeldoutData,
     frontier_accuracy: float,
     chart: Path | None,
     as_json: bool,
 ) -> None:
     """The trade-off on held-out data: escalation rate against kept and overall accuracy
     and frontier dollars per 1,000 documents."""
-    scored = score_version(
-        model_ref, task_name, taxonomy, data_path, text_column, label_column, limit
-    )
-    econ, basis = economics(scored, frontier_accuracy)
+    ensure_schema()
+    scored = score_version(held, progress_bar)
+    econ, basis = escalation_economics(scored.task_name, scored.mean_chars, frontier_accuracy)
     sc = scored.scores
     points = curve(sc.confidence(scored.temperature), sc.correct, econ)
     if as_json:
@@ -267,8 +210,8 @@ def _recall_table(logits: Any, gold: Any) -> Table:
 
 
 @policy.command("show")
-@click.option("--task", "task_name", default=None, help="Task (default: SHIFTDOWN_TASK).")
-@click.option("--model", "model_ref", default=None, help="Version (default: the promoted one).")
+@task_option
+@model_option("Version (default: the promoted one).")
 @handle_errors
 def show(task_name: str | None, model_ref: str | None) -> None:
     """The stored policy of a model version, as JSON."""
@@ -284,11 +227,11 @@ def show(task_name: str | None, model_ref: str | None) -> None:
             version = session.get_one(ModelVersion, task.model_version_id)
         else:
             raise ConfigError(f"task {task.name!r} has no promoted model")
-        stored = (version.manifest or {}).get("policy")
+        stored = stored_policy(version.read_manifest())
         if stored is None:
             raise ConfigError(
                 f"v{version.version} has no policy: runs use the task threshold "
                 f"{task.threshold}; set one with `shiftdown policy set`"
             )
-        data = {"version": version.version, **Policy.from_dict(stored).to_dict()}
+        data = {"version": version.version, **stored.to_dict()}
         click.echo(json.dumps(data, indent=2))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cli.common import handle_errors, input_options
+from cli.common import handle_errors
+from cli.options import SourceOptions, input_options
 from cli.report import print_report
 from cli.submit import submit_source
-from producers.readers import Format
 from workers.app import run_in_process
 
 
@@ -17,22 +17,12 @@ from workers.app import run_in_process
     "--report-format", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @handle_errors
-def run(
-    source: str,
-    taxonomy: str | None,
-    task_name: str | None,
-    model_ref: str | None,
-    fmt: Format,
-    text_field: str,
-    id_field: str,
-    limit: int | None,
-    report_format: str,
-) -> None:
+def run(src: SourceOptions, report_format: str) -> None:
     """Classify SOURCE end to end in this process and print the run's report.
 
     Same producer, tasks and store as the distributed setup, with no broker: the SLM
     and frontier stages run inline.
     """
     run_in_process()
-    result = submit_source(source, taxonomy, task_name, model_ref, fmt, text_field, id_field, limit)
+    result = submit_source(src)
     print_report(result.run_id, report_format)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cli.common import ensure_schema, handle_errors, input_options, load_taxonomy, open_source
+from cli.common import ensure_schema, handle_errors, load_taxonomy, open_source
+from cli.options import SourceOptions, input_options
 from cli.progress import progress_bar
-from producers.readers import Format, read_records
+from producers.readers import read_records
 from producers.submit import SubmitResult, create_run, submit_records
 from shiftdown.settings import get_settings
 
@@ -25,28 +26,20 @@ def estimate_records(source: str, limit: int | None) -> int | None:
     return min(lines, limit) if limit is not None else lines
 
 
-def submit_source(
-    source: str,
-    taxonomy: str | None,
-    task_name: str | None,
-    model_ref: str | None,
-    fmt: Format,
-    text_field: str,
-    id_field: str,
-    limit: int | None,
-) -> SubmitResult:
-    """Create a run and submit ``source`` to it, with a progress bar."""
+def submit_source(src: SourceOptions) -> SubmitResult:
+    """Create a run and submit ``src.source`` to it, with a progress bar."""
     from itertools import islice
 
     ensure_schema()
-    s = get_settings()
-    run_id, queue = create_run(task_name or s.task, load_taxonomy(taxonomy), model_ref, source)
+    task_name = src.task_name or get_settings().task
+    run_id, queue = create_run(task_name, load_taxonomy(src.taxonomy), src.model_ref, src.source)
     click.echo(f"run {run_id}", err=True)
-    with open_source(source) as stream:
-        records = read_records(stream, fmt, source, text_field, id_field or None)
-        if limit is not None:
-            records = islice(records, limit)
-        with progress_bar(f"run {run_id}", total=estimate_records(source, limit)) as advance:
+    with open_source(src.source) as stream:
+        records = read_records(stream, src.fmt, src.source, src.text_field, src.id_field or None)
+        if src.limit is not None:
+            records = islice(records, src.limit)
+        total = estimate_records(src.source, src.limit)
+        with progress_bar(f"run {run_id}", total=total) as advance:
             result = submit_records(run_id, records, queue, on_progress=advance)
     if result.rejected:
         click.echo(
@@ -60,20 +53,11 @@ def submit_source(
 @click.command()
 @input_options
 @handle_errors
-def submit(
-    source: str,
-    taxonomy: str | None,
-    task_name: str | None,
-    model_ref: str | None,
-    fmt: Format,
-    text_field: str,
-    id_field: str,
-    limit: int | None,
-) -> None:
+def submit(src: SourceOptions) -> None:
     """Submit documents from SOURCE (a JSONL, CSV or text file, or - for stdin).
 
     Prints the run id on stdout. With a broker configured, workers classify the
     documents; without one, they are classified in this process.
     """
-    result = submit_source(source, taxonomy, task_name, model_ref, fmt, text_field, id_field, limit)
+    result = submit_source(src)
     click.echo(result.run_id)

@@ -8,6 +8,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from cli.common import ensure_schema, handle_errors, load_taxonomy
+from cli.options import taxonomy_option
 from models.registry import ensure_task
 from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
@@ -49,7 +50,7 @@ def list_tasks() -> None:
 
 @tasks.command("set")
 @click.argument("name")
-@click.option("--taxonomy", type=click.Path(exists=True, dir_okay=False), default=None)
+@taxonomy_option
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None)
 @click.option("--queue", default=None, help="SLM queue of this task (pin workers with -Q QUEUE).")
 @handle_errors

@@ -8,21 +8,15 @@ from pathlib import Path
 import click
 
 from cli.common import ensure_schema, handle_errors, load_taxonomy, open_source
+from cli.options import task_option, taxonomy_option
 from cli.progress import progress_bar
 from models.finetune_manifest import teacher_hash
 from models.registry import ensure_task, task_taxonomy
-from models.teacher import read_labelled
+from models.teacher import read_labelled, teacher_set
 from producers.readers import Record, read_records
-from producers.teach import frontier_label, import_labels, teacher_set
+from producers.teach import frontier_label, import_labels
 from shiftdown.db import session_scope
 from shiftdown.settings import get_settings
-
-task_option = click.option(
-    "--task", "task_name", default=None, help="Task (default: SHIFTDOWN_TASK)."
-)
-taxonomy_option = click.option(
-    "--taxonomy", type=click.Path(exists=True, dir_okay=False), default=None
-)
 
 
 def _task(task_name: str | None, taxonomy: str | None) -> str:

@@ -1,5 +1,5 @@
 """Teacher sets: labelled examples (text, label) read from a CSV or JSONL file, checked
-against the taxonomy before any training starts."""
+against the taxonomy before any training starts, or the task's stored ones."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import csv
 import json
 from pathlib import Path
 
+from sqlalchemy import select
+
+from shiftdown.db import session_scope
 from shiftdown.errors import RecordError
+from shiftdown.schema import TeacherExample
 from shiftdown.taxonomy import Taxonomy
 
 
@@ -40,3 +44,15 @@ def read_labelled(
         shown = "; ".join(problems[:10])
         raise RecordError(f"{path}: {len(problems)} bad example(s): {shown}")
     return examples
+
+
+def teacher_set(task_name: str) -> list[tuple[str, str]]:
+    """Every stored example of the task, oldest first (the order a teacher hash is taken
+    in): imports, teach labels and every frontier answer."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(TeacherExample.text, TeacherExample.label)
+            .where(TeacherExample.task_name == task_name)
+            .order_by(TeacherExample.id)
+        ).all()
+    return [(t, lbl) for t, lbl in rows]

@@ -81,14 +81,3 @@ def frontier_label(
         if on_progress:
             on_progress(1)
     return result
-
-
-def teacher_set(task_name: str) -> list[tuple[str, str]]:
-    """Every example of the task, oldest first (the order a teacher hash is taken in)."""
-    with session_scope() as session:
-        rows = session.execute(
-            select(TeacherExample.text, TeacherExample.label)
-            .where(TeacherExample.task_name == task_name)
-            .order_by(TeacherExample.id)
-        ).all()
-    return [(t, lbl) for t, lbl in rows]
