@@ -15,21 +15,20 @@ from cli.common import ensure_schema, handle_errors
 from cli.report_summary import summary_rows
 from shiftdown.db import session_scope
 from shiftdown.report_series import run_series
-from shiftdown.reporting import latest_run_id, run_report
+from shiftdown.reporting import RunReport, latest_run_id, run_report
 from shiftdown.settings import get_settings
 
 
-def render_table(data: dict[str, Any]) -> Table:
+def render_table(data: RunReport) -> Table:
     """The report as a two-column rich table."""
     table = Table(
-        title=f"shiftdown run {data['run_id']} · task {data['task']} "
-        f"· model {data['model'] or 'n/a'}"
+        title=f"shiftdown run {data.run_id} · task {data.task} · model {data.model or 'n/a'}"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")
     for name, value in summary_rows(data):
         table.add_row(name, value)
-    table.caption = f"counterfactual basis: {data['counterfactual']['basis']}"
+    table.caption = f"counterfactual basis: {data.counterfactual.basis}"
     return table
 
 
@@ -57,9 +56,9 @@ def print_report(run_id: int | None, fmt: str, html_path: str | None = None) -> 
             with open(html_path, "w", encoding="utf-8") as f:
                 f.write(render_html(data, series))
     if fmt == "json":
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(json.dumps(data.as_dict(), indent=2, default=str))
     elif fmt == "csv":
-        flat = flatten(data)
+        flat = flatten(data.as_dict())
         writer = csv.DictWriter(sys.stdout, fieldnames=list(flat))
         writer.writeheader()
         writer.writerow(flat)

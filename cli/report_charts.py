@@ -8,8 +8,6 @@ Element ids a reader's tools (and the tests) can find: ``cost-actual``,
 
 from __future__ import annotations
 
-from typing import Any
-
 from shiftdown.charts import (
     COLORS,
     chart,
@@ -20,6 +18,7 @@ from shiftdown.charts import (
     usd_axis,
 )
 from shiftdown.report_series import RunSeries
+from shiftdown.reporting import RunReport
 from shiftdown.units import format_pct, format_usd, time_unit
 
 
@@ -28,12 +27,12 @@ def _time_label(span_s: float) -> tuple[str, float]:
     return f"time since the run was submitted ({unit})", per
 
 
-def cost_chart(data: dict[str, Any], series: RunSeries) -> str:
+def cost_chart(data: RunReport, series: RunSeries) -> str:
     """Cumulative frontier spend against the all-frontier counterfactual, on one dollar
     axis, with the saving written across the gap (and the projection when documents
     still wait for the frontier)."""
-    cf, ahead = data["counterfactual"], data.get("projection")
-    per_doc = (cf["all_frontier_usd_per_1k_docs"] or 0.0) / 1000
+    cf, ahead = data.counterfactual, data.projection
+    per_doc = (cf.all_frontier_usd_per_1k_docs or 0.0) / 1000
     xlabel, per = _time_label(series.span_s)
     end = series.span_s / per
     with chart() as (fig, (ax,)):
@@ -66,7 +65,7 @@ def cost_chart(data: dict[str, Any], series: RunSeries) -> str:
                 color=COLORS[color],
                 fontweight="bold",
             )
-        if cf["saving_pct"] is not None and counterfactual[-1] > spend[-1]:
+        if cf.saving_pct is not None and counterfactual[-1] > spend[-1]:
             ax.annotate(
                 "",
                 (end, spend[-1]),
@@ -75,9 +74,9 @@ def cost_chart(data: dict[str, Any], series: RunSeries) -> str:
                 gid="gap",
             )
         so_far = "saved so far" if ahead else "saved"
-        lines = [f"{so_far}: {cf['saving_pct']:.1f} %"] if cf["saving_pct"] is not None else []
-        if ahead and ahead.get("projected_usd") is not None:
-            projected = ahead["projected_usd"]
+        lines = [f"{so_far}: {cf.saving_pct:.1f} %"] if cf.saving_pct is not None else []
+        if ahead and ahead.projected_usd is not None:
+            projected = ahead.projected_usd
             ax.plot(
                 [end * 1.02, end * 1.02],
                 [spend[-1], projected],
@@ -86,7 +85,7 @@ def cost_chart(data: dict[str, Any], series: RunSeries) -> str:
                 markevery=[1],
                 color=COLORS["cascade"],
                 gid="projected",
-                label=f"projected spend once the {ahead['expected_escalations']:,.0f} waiting "
+                label=f"projected spend once the {ahead.expected_escalations:,.0f} waiting "
                 f"documents are paid for: {format_usd(projected)}",
             )
             ax.annotate(
@@ -98,11 +97,11 @@ def cost_chart(data: dict[str, Any], series: RunSeries) -> str:
                 color=COLORS["cascade"],
                 fontsize=8.5,
             )
-            top = max(top, projected, cf["all_frontier_usd"] or 0.0)
+            top = max(top, projected, cf.all_frontier_usd or 0.0)
             lines.append(
-                f"projected: {ahead['saving_pct']:.1f} %\n"
-                f"({ahead['expected_escalations']:,.0f} waiting at "
-                f"{format_usd(ahead['usd_per_escalation'])})"
+                f"projected: {ahead.saving_pct:.1f} %\n"
+                f"({ahead.expected_escalations:,.0f} waiting at "
+                f"{format_usd(ahead.usd_per_escalation)})"
             )
         ax.text(
             end * 0.97,
@@ -131,7 +130,7 @@ def cost_chart(data: dict[str, Any], series: RunSeries) -> str:
         return to_svg(fig, "cost", "Cumulative cost: cascade against all-frontier")
 
 
-def throughput_chart(data: dict[str, Any], series: RunSeries) -> str:
+def throughput_chart(data: RunReport, series: RunSeries) -> str:
     """Documents per second over a rolling window, per stage, with the run's average."""
     xlabel, per = _time_label(series.span_s)
     window = series.window_s
@@ -151,17 +150,17 @@ def throughput_chart(data: dict[str, Any], series: RunSeries) -> str:
                     gid=stage,
                     label=f"{name}: documents answered",
                 )
-        if data["docs_per_s"]:
+        if data.docs_per_s:
             ax.axhline(
-                data["docs_per_s"],
+                data.docs_per_s,
                 color=COLORS["muted"],
                 linestyle="--",
                 linewidth=1.2,
                 gid="average",
-                label=f"run average: {data['docs_per_s']:,.2f} documents/s with a final label",
+                label=f"run average: {data.docs_per_s:,.2f} documents/s with a final label",
             )
         # Headroom above the lines for the legend.
-        ax.set_ylim(0, max(peak, data["docs_per_s"] or 0.0, 0.1) * 1.45)
+        ax.set_ylim(0, max(peak, data.docs_per_s or 0.0, 0.1) * 1.45)
         ax.set_xlim(0, series.span_s / per * 1.01)
         ax.legend(loc="upper right")
         unit, per_unit = time_unit(window)
@@ -177,7 +176,7 @@ def throughput_chart(data: dict[str, Any], series: RunSeries) -> str:
         return to_svg(fig, "throughput", "Throughput over the run, documents per second")
 
 
-def escalation_chart(data: dict[str, Any], series: RunSeries) -> str:
+def escalation_chart(data: RunReport, series: RunSeries) -> str:
     """The labels the small model sent to the frontier most often, by name."""
     labels = series.labels
     height = 1.6 + 0.24 * max(len(labels), 3)
@@ -200,9 +199,9 @@ def escalation_chart(data: dict[str, Any], series: RunSeries) -> str:
         ax.set_yticks(y, [r.label for r in labels])
         ax.invert_yaxis()
         ax.grid(axis="y", visible=False)
-        if data["escalation_rate"] is not None:
+        if data.escalation_rate is not None:
             ax.axvline(
-                100 * data["escalation_rate"],
+                100 * data.escalation_rate,
                 color=COLORS["muted"],
                 linestyle="--",
                 linewidth=1.2,
@@ -217,12 +216,12 @@ def escalation_chart(data: dict[str, Any], series: RunSeries) -> str:
             "share of the label's documents escalated to the frontier (%)",
             "label predicted by the small model",
             subtitle=f"{shown} labels; bars read 'escalated of predicted'\n"
-            f"dashed line: the whole run, {format_pct(data['escalation_rate'])}",
+            f"dashed line: the whole run, {format_pct(data.escalation_rate)}",
         )
         return to_svg(fig, "escalation", "Escalation rate by predicted label")
 
 
-def latency_chart(data: dict[str, Any], series: RunSeries) -> str:
+def latency_chart(data: RunReport, series: RunSeries) -> str:
     """Latency per document, small model against frontier, on one log-scaled ms axis."""
     edges = series.latency_edges
     peak = 0.0
@@ -233,21 +232,21 @@ def latency_chart(data: dict[str, Any], series: RunSeries) -> str:
         ):
             counts = series.latency_counts.get(stage, [])
             total = sum(counts)
-            if not total:
+            lat = data.latency[stage]
+            if not total or lat.p50_ms is None or lat.p95_ms is None:
                 continue
             peak = max(peak, 100 * max(counts) / total)
-            lat = data["latency"][stage]
             ax.stairs(
                 [100 * c / total for c in counts],
                 edges,
                 color=color,
                 linewidth=2,
                 gid=stage,
-                label=f"{name}: p50 {lat['p50_ms']:,.0f} ms, p95 {lat['p95_ms']:,.0f} ms "
+                label=f"{name}: p50 {lat.p50_ms:,.0f} ms, p95 {lat.p95_ms:,.0f} ms "
                 f"({total:,} documents)",
             )
-            for p, style in (("p50_ms", "--"), ("p95_ms", ":")):
-                ax.axvline(lat[p], color=color, linestyle=style, linewidth=1)
+            for value, style in ((lat.p50_ms, "--"), (lat.p95_ms, ":")):
+                ax.axvline(value, color=color, linestyle=style, linewidth=1)
         if edges:
             ax.set_xscale("log")
             log_axis(ax.xaxis)
@@ -265,7 +264,7 @@ def latency_chart(data: dict[str, Any], series: RunSeries) -> str:
         return to_svg(fig, "latency", "Latency distribution per stage")
 
 
-def all_charts(data: dict[str, Any], series: RunSeries) -> list[tuple[str, str]]:
+def all_charts(data: RunReport, series: RunSeries) -> list[tuple[str, str]]:
     """(anchor, SVG) of every chart, in page order."""
     return [
         ("cost", cost_chart(data, series)),

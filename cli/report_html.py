@@ -5,11 +5,11 @@ no files beside it), and every figure in a table."""
 from __future__ import annotations
 
 import html
-from typing import Any
 
 from cli.report_charts import all_charts
 from cli.report_summary import input_name, summary_rows
 from shiftdown.report_series import RunSeries
+from shiftdown.reporting import RunReport
 from shiftdown.units import format_pct, format_usd
 
 CAPTIONS = {
@@ -40,46 +40,45 @@ STYLE = (
 )
 
 
-def headline(data: dict[str, Any]) -> str:
+def headline(data: RunReport) -> str:
     """The run in two sentences: what went through, and what it cost against the
     counterfactual."""
-    cf, spent = data["counterfactual"], data["frontier"]["usd"]
+    cf, spent = data.counterfactual, data.frontier.usd
     parts = [
-        f"{data['documents']:,} documents from {html.escape(input_name(data['source']))}; "
-        f"{format_pct(data['escalation_rate'])} escalated to the frontier."
+        f"{data.documents:,} documents from {html.escape(input_name(data.source))}; "
+        f"{format_pct(data.escalation_rate)} escalated to the frontier."
     ]
-    if cf["saving_pct"] is not None:
+    if cf.saving_pct is not None:
         parts.append(
             f"The cascade spent <strong>{format_usd(spent)}</strong> where sending those "
-            f"{cf['handled_documents']:,} documents to the frontier would have cost "
-            f"<strong>{format_usd(cf['so_far_usd'])}</strong>: a saving of "
-            f"<strong>{cf['saving_pct']:.1f} %</strong>"
-            + (" so far." if data.get("projection") else ".")
+            f"{cf.handled_documents:,} documents to the frontier would have cost "
+            f"<strong>{format_usd(cf.so_far_usd)}</strong>: a saving of "
+            f"<strong>{cf.saving_pct:.1f} %</strong>" + (" so far." if data.projection else ".")
         )
     return f'<p class="lead">{" ".join(parts)}</p>'
 
 
-def waiting_note(data: dict[str, Any]) -> str:
+def waiting_note(data: RunReport) -> str:
     """A warning line when documents still owe a frontier answer, with the projection."""
-    ahead = data.get("projection")
+    ahead = data.projection
     if not ahead:
         return ""
     text = (
-        f"{ahead['waiting_documents']:,} documents are waiting for the frontier"
-        + (f" and {ahead['queued_documents']:,} for the SLM" if ahead["queued_documents"] else "")
+        f"{ahead.waiting_documents:,} documents are waiting for the frontier"
+        + (f" and {ahead.queued_documents:,} for the SLM" if ahead.queued_documents else "")
         + "."
     )
-    if ahead.get("projected_usd") is not None:
+    if ahead.projected_usd is not None:
         text += (
-            f" Priced at {format_usd(ahead['usd_per_escalation'])} per escalation "
-            f"({html.escape(ahead['basis'])}), the run will spend "
-            f"{format_usd(ahead['projected_usd'])}: a projected saving of "
-            f"<strong>{ahead['saving_pct']:.1f} %</strong>."
+            f" Priced at {format_usd(ahead.usd_per_escalation)} per escalation "
+            f"({html.escape(ahead.basis)}), the run will spend "
+            f"{format_usd(ahead.projected_usd)}: a projected saving of "
+            f"<strong>{ahead.saving_pct:.1f} %</strong>."
         )
     return f'<p class="waiting">{text}</p>'
 
 
-def render_html(report: dict[str, Any], series: RunSeries) -> str:
+def render_html(report: RunReport, series: RunSeries) -> str:
     """The whole page."""
     rows = "".join(
         f"<tr><th>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
@@ -90,11 +89,8 @@ def render_html(report: dict[str, Any], series: RunSeries) -> str:
         "</figcaption></figure>"
         for name, svg in all_charts(report, series)
     )
-    title = (
-        f"shiftdown run {report['run_id']} · task {report['task']} "
-        f"· model {report['model'] or 'n/a'}"
-    )
-    basis = html.escape(report["counterfactual"]["basis"])
+    title = f"shiftdown run {report.run_id} · task {report.task} · model {report.model or 'n/a'}"
+    basis = html.escape(report.counterfactual.basis)
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'

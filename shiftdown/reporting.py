@@ -7,6 +7,8 @@ price table. Nothing is taken from the Celery backend.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +18,14 @@ from sqlalchemy.orm import Session, aliased
 
 from shiftdown.drift import MIN_DOCUMENTS, DriftCheck
 from shiftdown.errors import ConfigError
-from shiftdown.savings import break_even, counterfactual, projection
+from shiftdown.savings import (
+    BreakEven,
+    Counterfactual,
+    Projection,
+    break_even,
+    counterfactual,
+    projection,
+)
 from shiftdown.schema import (
     DocState,
     Document,
@@ -31,6 +40,73 @@ from shiftdown.schema import (
 )
 from shiftdown.settings import Settings
 from shiftdown.taxonomy import Taxonomy
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Nearest-rank latency percentiles of one stage's predictions."""
+
+    p50_ms: float | None
+    p95_ms: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How often the SLM's label matched the frontier's, on how many documents."""
+
+    documents: int
+    agreement: float | None
+
+
+@dataclass(frozen=True)
+class FrontierSpend:
+    """The run's frontier calls, their tokens and dollars."""
+
+    calls: int
+    unpriced_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    usd: float
+    price_model: str
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Every figure of one run's report."""
+
+    run_id: int
+    task: str
+    model: str | None
+    threshold: float
+    source: str
+    documents: int
+    rejected: int
+    states: dict[str, int]
+    final: int
+    final_by_stage: dict[str, int]
+    escalated: int
+    escalation_rate: float | None
+    slm_bypass: str | None
+    parked: dict[str, int]
+    # "audited": the sample of kept documents; "escalated": the frontier's answers.
+    agreement: dict[str, Agreement]
+    drift: list[DriftCheck]
+    elapsed_s: float | None
+    docs_per_s: float | None
+    latency: dict[str, Latency]
+    frontier: FrontierSpend
+    usd_per_1k_docs: float | None
+    counterfactual: Counterfactual
+    projection: Projection | None
+    break_even: BreakEven
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (``report --format json``)."""
+        data = asdict(self)
+        data["drift"] = [check.as_dict() for check in self.drift]
+        data["projection"] = self.projection.as_dict() if self.projection else None
+        return data
 
 
 def _utc(ts: datetime | None) -> datetime | None:
@@ -56,7 +132,7 @@ def documents_by_state(session: Session, run_id: int) -> dict[str, int]:
     )
 
 
-def latency_percentiles(session: Session, run_id: int) -> dict[str, dict[str, Any]]:
+def latency_percentiles(session: Session, run_id: int) -> dict[str, Latency]:
     """p50 and p95 latency per stage (nearest rank, as the ``latency_percentiles`` view),
     ranked in the store."""
     ranked = (
@@ -71,8 +147,8 @@ def latency_percentiles(session: Session, run_id: int) -> dict[str, dict[str, An
         .where(Prediction.run_id == run_id)
         .subquery()
     )
-    figures: dict[str, dict[str, Any]] = {
-        stage: {"p50_ms": None, "p95_ms": None, "n": 0} for stage in (Stage.SLM, Stage.FRONTIER)
+    figures: dict[str, Latency] = {
+        stage: Latency(None, None, 0) for stage in (Stage.SLM, Stage.FRONTIER)
     }
     for stage, n, p50, p95 in session.execute(
         select(
@@ -82,12 +158,12 @@ def latency_percentiles(session: Session, run_id: int) -> dict[str, dict[str, An
             func.min(case((ranked.c.rn >= 0.95 * ranked.c.n, ranked.c.latency_ms))),
         ).group_by(ranked.c.stage, ranked.c.n)
     ):
-        figures[stage] = {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "n": n}
+        figures[stage] = Latency(round(float(p50), 2), round(float(p95), 2), n)
     return figures
 
 
-def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, Any]:
-    """Every figure of the report for one run, as plain JSON-ready data."""
+def run_report(session: Session, run_id: int, settings: Settings) -> RunReport:
+    """Every figure of the report for one run."""
     run = session.get(Run, run_id)
     if run is None:
         raise ConfigError(f"no run {run_id}")
@@ -97,13 +173,14 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
 
     states = documents_by_state(session, run_id)
     n_docs = sum(states.values())
-    final_by_stage = dict(
-        session.execute(
+    final_by_stage = {
+        str(stage): int(n)
+        for stage, n in session.execute(
             select(Document.final_stage, func.count())
             .where(Document.run_id == run_id, Document.final_stage.is_not(None))
             .group_by(Document.final_stage)
-        ).all()
-    )
+        )
+    }
     n_final = sum(final_by_stage.values())
     escalated, n_slm = escalation_counts(session, run)
     escalation_rate = escalated / n_slm if n_slm else None
@@ -134,50 +211,44 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
     n_calls, prompt_tokens, completion_tokens, spent, n_priced = calls
     spent = float(spent or 0.0)
     cf = counterfactual(session, run, taxonomy, states, spent, settings)
-    per_doc = cf["all_frontier_usd_per_1k_docs"]
+    per_doc = cf.all_frontier_usd_per_1k_docs
     ahead = projection(
-        session, run, taxonomy, states, spent, escalation_rate, cf["all_frontier_usd"], settings
+        session, run, taxonomy, states, spent, escalation_rate, cf.all_frontier_usd, settings
     )
     # Break-even at what the run will have cost once its waiting documents are paid for.
-    final_spend = ahead["projected_usd"] if ahead and "projected_usd" in ahead else spent
-    return {
-        "run_id": run.id,
-        "task": run.task_name,
-        "model": f"v{version.version}" if version else None,
-        "threshold": run.threshold,
-        "source": run.source,
-        "documents": n_docs,
-        "rejected": session.scalar(select(func.count()).where(InputError.run_id == run_id)),
-        "states": states,
-        "final": n_final,
-        "final_by_stage": final_by_stage,
-        "escalated": escalated,
-        "escalation_rate": round(escalation_rate, 4) if escalation_rate is not None else None,
-        "slm_bypass": run.slm_bypass,
-        "parked": parked_reasons(session, run_id),
-        "agreement": {
-            "audited": audit,
-            "escalated": agreement(session, run_id, Stage.FRONTIER),
-        },
-        "drift": [
-            c.as_dict()
-            for c in drift_checks(session, run, version, escalation_rate, n_slm, audit, settings)
-        ],
-        "elapsed_s": round(elapsed, 3) if elapsed is not None else None,
-        "docs_per_s": round(n_final / elapsed, 2) if elapsed else None,
-        "latency": latency_percentiles(session, run_id),
-        "frontier": {
-            "calls": n_calls,
-            "unpriced_calls": n_calls - n_priced,
-            "prompt_tokens": int(prompt_tokens),
-            "completion_tokens": int(completion_tokens),
-            "usd": round(spent, 6),
-            "price_model": settings.frontier_price_model or settings.frontier_model,
-        },
-        "usd_per_1k_docs": round(spent / n_docs * 1000, 6) if n_docs else None,
-        "counterfactual": cf,
-        "projection": ahead,
-        "break_even": break_even(
+    final_spend = ahead.projected_usd if ahead and ahead.projected_usd is not None else spent
+    return RunReport(
+        run_id=run.id,
+        task=run.task_name,
+        model=f"v{version.version}" if version else None,
+        threshold=run.threshold,
+        source=run.source,
+        documents=n_docs,
+        rejected=int(session.scalar(select(func.count()).where(InputError.run_id == run_id)) or 0),
+        states=states,
+        final=n_final,
+        final_by_stage=final_by_stage,
+        escalated=escalated,
+        escalation_rate=round(escalation_rate, 4) if escalation_rate is not None else None,
+        slm_bypass=run.slm_bypass,
+        parked=parked_reasons(session, run_id),
+        agreement={"audited": audit, "escalated": agreement(session, run_id, Stage.FRONTIER)},
+        drift=drift_checks(session, run, version, escalation_rate, n_slm, audit, settings),
+        elapsed_s=round(elapsed, 3) if elapsed is not None else None,
+        docs_per_s=round(n_final / elapsed, 2) if elapsed else None,
+        latency=latency_percentiles(session, run_id),
+        frontier=FrontierSpend(
+            calls=n_calls,
+            unpriced_calls=n_calls - n_priced,
+            prompt_tokens=int(prompt_tokens),
+            completion_tokens=int(completion_tokens),
+            usd=round(spent, 6),
+            price_model=settings.frontier_price_model or settings.frontier_model,
+        ),
+        usd_per_1k_docs=round(spent / n_docs * 1000, 6) if n_docs else None,
+        counterfactual=cf,
+        projection=ahead,
+        break_even=break_even(
             session,
             run.task_name,
             version,
@@ -185,7 +256,7 @@ def run_report(session: Session, run_id: int, settings: Settings) -> dict[str, A
             per_doc / 1000 if per_doc is not None else None,
             settings,
         ),
-    }
+    )
 
 
 def parked_reasons(session: Session, run_id: int) -> dict[str, int]:
@@ -198,32 +269,52 @@ def parked_reasons(session: Session, run_id: int) -> dict[str, int]:
     return {reason or "no frontier configured": n for reason, n in rows}
 
 
-def agreement(session: Session, run_id: int, stage: str) -> dict[str, Any]:
-    """How often the SLM's label matches the frontier's at ``stage`` in this run:
+def agreement_by_run(session: Session, run_ids: Sequence[int], stage: str) -> dict[int, Agreement]:
+    """How often the SLM's label matches the frontier's at ``stage``, per run:
     ``frontier`` for escalated documents, ``audit`` for the sample of kept ones."""
     slm, other = aliased(Prediction), aliased(Prediction)
-    seen, agreed = session.execute(
-        select(func.count(), func.sum(case((slm.label == other.label, 1), else_=0)))
+    rows = session.execute(
+        select(slm.run_id, func.count(), func.sum(case((slm.label == other.label, 1), else_=0)))
         .select_from(slm)
         .join(other, (other.document_id == slm.document_id) & (other.stage == stage))
-        .where(slm.run_id == run_id, slm.stage == Stage.SLM)
-    ).one()
-    return {
-        "documents": int(seen or 0),
-        "agreement": round(int(agreed or 0) / seen, 4) if seen else None,
+        .where(slm.run_id.in_(run_ids), slm.stage == Stage.SLM)
+        .group_by(slm.run_id)
+    ).all()
+    found = {
+        run_id: Agreement(int(seen), round(int(agreed or 0) / seen, 4) if seen else None)
+        for run_id, seen, agreed in rows
     }
+    return {run_id: found.get(run_id, Agreement(0, None)) for run_id in run_ids}
 
 
-def _earlier_runs(session: Session, run: Run) -> list[Run]:
-    return list(
+def agreement(session: Session, run_id: int, stage: str) -> Agreement:
+    """How often the SLM's label matches the frontier's at ``stage`` in this run."""
+    return agreement_by_run(session, [run_id], stage)[run_id]
+
+
+def _earlier_figures(session: Session, run: Run) -> list[tuple[float | None, int, float | None]]:
+    """(escalation rate, SLM predictions, audited agreement) of each earlier run of the
+    same model: three queries however many runs there were."""
+    ids = list(
         session.scalars(
-            select(Run).where(
+            select(Run.id).where(
                 Run.task_name == run.task_name,
                 Run.model_version_id == run.model_version_id,
                 Run.id < run.id,
             )
         )
     )
+    if not ids:
+        return []
+    counts = escalation_counts_by_run(session, ids)
+    audits = agreement_by_run(session, ids, Stage.AUDIT)
+    figures = []
+    for run_id in ids:
+        escalated, n = counts[run_id]
+        audited = audits[run_id]
+        audited_ok = audited.agreement if audited.documents >= MIN_DOCUMENTS else None
+        figures.append((escalated / n if n else None, n, audited_ok))
+    return figures
 
 
 def drift_checks(
@@ -232,17 +323,17 @@ def drift_checks(
     version: ModelVersion | None,
     escalation_rate: float | None,
     n_slm: int,
-    audit: dict[str, Any],
+    audit: Agreement,
     settings: Settings,
 ) -> list[DriftCheck]:
     """The run's escalation rate and audited agreement against their references: the
     version's held-out figures when a policy is stored, else its earlier runs."""
-    fitted = ((version.manifest or {}).get("policy") or {}).get("fitted", {}) if version else {}
+    fitted = version.read_manifest().fitted if version else {}
     if fitted:
         basis = kept_basis = "held-out data of the policy"
         expected_rate, expected_kept = fitted.get("escalation_rate"), fitted.get("kept_accuracy")
     else:
-        earlier = [run_report_basics(session, r) for r in _earlier_runs(session, run)]
+        earlier = _earlier_figures(session, run)
         rates = [e for e, n, _ in earlier if e is not None and n >= MIN_DOCUMENTS]
         kept = [a for _, _, a in earlier if a is not None]
         basis = f"{len(rates)} earlier run(s) of this model"
@@ -263,36 +354,40 @@ def drift_checks(
         ),
         DriftCheck(
             "agreement on audited kept documents",
-            audit["agreement"],
+            audit.agreement,
             expected_kept,
-            audit["documents"],
+            audit.documents,
             settings.drift_band,
             kept_basis,
         ),
     ]
 
 
-def escalation_counts(session: Session, run: Run) -> tuple[int, int]:
-    """(escalated, SLM predictions) of one run: the worker's recorded decision, or for
-    rows from before it was recorded, confidence under the run's threshold."""
-    n, escalated = session.execute(
+def escalation_counts_by_run(
+    session: Session, run_ids: Sequence[int]
+) -> dict[int, tuple[int, int]]:
+    """(escalated, SLM predictions) per run: the worker's recorded decision, or for rows
+    from before it was recorded, confidence under the run's threshold."""
+    rows = session.execute(
         select(
+            Prediction.run_id,
             func.count(),
             func.sum(
                 case(
                     (Prediction.escalated.is_(True), 1),
-                    (Prediction.escalated.is_(None) & (Prediction.confidence < run.threshold), 1),
+                    (Prediction.escalated.is_(None) & (Prediction.confidence < Run.threshold), 1),
                     else_=0,
                 )
             ),
-        ).where(Prediction.run_id == run.id, Prediction.stage == Stage.SLM)
-    ).one()
-    return int(escalated or 0), int(n or 0)
+        )
+        .join(Run, Run.id == Prediction.run_id)
+        .where(Prediction.run_id.in_(run_ids), Prediction.stage == Stage.SLM)
+        .group_by(Prediction.run_id)
+    ).all()
+    found = {run_id: (int(escalated or 0), int(n)) for run_id, n, escalated in rows}
+    return {run_id: found.get(run_id, (0, 0)) for run_id in run_ids}
 
 
-def run_report_basics(session: Session, run: Run) -> tuple[float | None, int, float | None]:
-    """(escalation rate, SLM predictions, audited agreement) of one run."""
-    escalated, n = escalation_counts(session, run)
-    audited = agreement(session, run.id, Stage.AUDIT)
-    audited_ok = audited["agreement"] if audited["documents"] >= MIN_DOCUMENTS else None
-    return (escalated / n if n else None), n, audited_ok
+def escalation_counts(session: Session, run: Run) -> tuple[int, int]:
+    """(escalated, SLM predictions) of one run."""
+    return escalation_counts_by_run(session, [run.id])[run.id]

@@ -70,7 +70,7 @@ def test_series_match_the_rows(
     # Cumulative sums by window function: they end at the totals and never fall.
     assert series.spend[0] == (0.0, 0.0) and series.handled[0] == (0.0, 0)
     assert series.spend[-1][1] == pytest.approx(sum(c.cost_usd for c in calls))
-    assert series.handled[-1][1] == handled == report["counterfactual"]["handled_documents"]
+    assert series.handled[-1][1] == handled == report.counterfactual.handled_documents
     assert all(a[1] <= b[1] for a, b in zip(series.spend, series.spend[1:], strict=False))
     assert series.spend[-1][0] == pytest.approx(series.span_s)
     # Rolling rate: the documents of the trailing window, per second.
@@ -101,15 +101,17 @@ def test_series_match_the_rows(
     assert series.latency_edges[0] == pytest.approx(latencies[0])
     # Nearest-rank percentiles, ranked in the store.
     p50 = next(v for i, v in enumerate(latencies, 1) if i >= 0.5 * len(latencies))
-    assert report["latency"]["slm"]["p50_ms"] == pytest.approx(p50, abs=0.01)
+    assert report.latency["slm"].p50_ms == pytest.approx(p50, abs=0.01)
     # Queued documents: the saving so far is on the documents through the cascade, and
     # the projection counts the queued ones at the run's escalation rate.
-    cf, ahead = report["counterfactual"], report["projection"]
-    per_doc = cf["all_frontier_usd_per_1k_docs"] / 1000
-    assert cf["so_far_usd"] == pytest.approx(per_doc * handled, rel=1e-5)
-    assert ahead["queued_documents"] == fake.queued and ahead["waiting_documents"] == 0
-    expected = fake.queued * report["escalation_rate"]
-    assert ahead["expected_escalations"] == pytest.approx(expected, abs=0.01)
+    cf, ahead = report.counterfactual, report.projection
+    assert cf.all_frontier_usd_per_1k_docs is not None and ahead is not None
+    assert report.escalation_rate is not None
+    per_doc = cf.all_frontier_usd_per_1k_docs / 1000
+    assert cf.so_far_usd == pytest.approx(per_doc * handled, rel=1e-5)
+    assert ahead.queued_documents == fake.queued and ahead.waiting_documents == 0
+    expected = fake.queued * report.escalation_rate
+    assert ahead.expected_escalations == pytest.approx(expected, abs=0.01)
 
 
 def _peak_python_bytes(run_id: int) -> int:
