@@ -5,15 +5,16 @@ The escalation policy (temperature and threshold) is fitted on the model's held-
 split, never on the evaluation data, for the target given (``--max-escalation`` or
 ``--kept-accuracy``), exactly as ``shiftdown calibrate`` and ``shiftdown policy`` do.
 
-The frontier is a stand-in: an OpenAI-compatible server on 127.0.0.1, called through
-the project's own ``FrontierClient`` (production's prompt, response format and token
-accounting), concurrently. It answers after ``--delay-ms`` with the reference label
-(the 100 % stand-in) or, for the 85 % stand-in, with a fixed wrong label on a seeded
-15 % of the documents (the same documents on every call). Its ``usage`` holds the
-tokens of the real request (every message's content) and of the answer, counted with
-the SmolLM2 tokenizer, so costs are recorded token counts times list prices. Its
-errors fall on random documents; a real frontier model errs on hard documents, which
-are also the ones the SLM escalates, so the 85 % lines are an optimistic bound.
+The frontier is a stand-in: the OpenAI-compatible server of ``bench/scripted_server.py``
+on 127.0.0.1, called through the project's own ``FrontierClient`` (production's prompt,
+response format and token accounting), concurrently. It answers after ``--delay-ms``
+with the reference label (the 100 % stand-in) or, for the 85 % stand-in, with a fixed
+wrong label on a seeded 15 % of the documents (the same documents on every call). Its
+``usage`` holds the tokens of the real request (every message's content) and of the
+answer, counted with the SmolLM2 tokenizer, so costs are recorded token counts times
+list prices. Its errors fall on random documents; a real frontier model errs on hard
+documents, which are also the ones the SLM escalates, so the 85 % lines are an
+optimistic bound.
 
 Three lines per stand-in:
 
@@ -32,7 +33,7 @@ After each table comes the whole trade-off on the evaluation data
 (``models.policy.curve``, thresholds chosen on these same documents per escalation rate,
 the frontier counted right at the stand-in's accuracy).
 
-    python bench/cascade.py [--limit 200] [--per-label] [--json] [--json-out FILE]
+    python -m bench.cascade [--limit 200] [--per-label] [--json] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +56,13 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import SecretStr
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.batch_api import BatchApi  # noqa: E402
-from bench.scripted_server import offered_labels  # noqa: E402
-from models.calibration import fit_temperature  # noqa: E402
-from models.candidates import gold_ranks, recall_curve  # noqa: E402
-from models.classifier import Classifier, ModelSpec, RuntimeOptions  # noqa: E402
-from models.policy import (  # noqa: E402
+from bench.batch_api import BatchApi
+from bench.scripted_server import ScriptedServer
+from bench.stack import ROOT
+from models.calibration import fit_temperature
+from models.candidates import gold_ranks, recall_curve
+from models.classifier import Classifier, ModelSpec, RuntimeOptions
+from models.policy import (
     KEPT_ACCURACY,
     MAX_ESCALATION,
     Economics,
@@ -74,15 +72,16 @@ from models.policy import (  # noqa: E402
     fit_policy,
     outcome,
 )
-from models.ranking import compare_signals  # noqa: E402
-from models.registry import load_model_dir  # noqa: E402
-from models.scores import Scores, score  # noqa: E402
-from models.teacher import read_labelled  # noqa: E402
-from shiftdown.costs import DEFAULT_PRICES, cost_usd  # noqa: E402
-from shiftdown.prompts import NONE_OF_THESE, narrowed  # noqa: E402
-from shiftdown.settings import Settings  # noqa: E402
-from shiftdown.taxonomy import Taxonomy  # noqa: E402
-from workers.frontier_client import OK, FrontierClient, FrontierResult  # noqa: E402
+from models.ranking import compare_signals
+from models.registry import load_model_dir
+from models.scores import Scores, score
+from models.teacher import read_labelled
+from shiftdown.costs import DEFAULT_PRICES, cost_usd
+from shiftdown.manifest import ModelManifest
+from shiftdown.prompts import narrowed
+from shiftdown.settings import Settings
+from shiftdown.taxonomy import Taxonomy
+from workers.frontier_client import OK, FrontierClient, FrontierResult
 
 STAND_INS = (1.0, 0.85)
 PRICED = ("gpt-4o", "gpt-4")
@@ -105,11 +104,11 @@ def load_examples(
     return examples
 
 
-def heldout_file(manifest: dict[str, Any], override: str | None) -> Path:
+def heldout_file(manifest: ModelManifest, override: str | None) -> Path:
     """The held-out split: ``--heldout`` or the one the model directory records."""
     if override:
         return Path(override)
-    recorded = (manifest.get("heldout") or {}).get("path")
+    recorded = manifest.heldout.path if manifest.heldout else None
     if not recorded:
         sys.exit("the model records no held-out split: pass --heldout FILE")
     return Path(recorded)
@@ -120,7 +119,7 @@ def load_classifier(
 ) -> tuple[Classifier, Path]:
     """The SLM as the worker loads it, and the GGUF whose vocabulary it uses."""
     gguf, adapter, manifest = load_model_dir(model)
-    trained = manifest.get("labels")
+    trained = manifest.labels
     if trained is not None and tuple(trained) != labels:
         sys.exit(f"{model} was trained for another label list than the taxonomy's")
     spec = ModelSpec(str(gguf), labels, str(adapter) if adapter else None, manifest)
@@ -204,129 +203,6 @@ def stand_in_answers(
     for text in rng.sample(texts, round((1.0 - accuracy) * len(texts))):
         answers[text] = rng.choice([lbl for lbl in labels if lbl != answers[text]])
     return answers
-
-
-def message_text(content: Any) -> str:
-    """A chat message's content as text (a string or a list of text parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
-def completion_body(request: dict[str, Any], content: str, counter: TokenCounter) -> bytes:
-    """A chat.completion answering ``content``, with the request's real token counts."""
-    contents = [message_text(m.get("content")) for m in request.get("messages", [])]
-    prompt_tokens = sum(counter.count(c) for c in contents)
-    completion_tokens = counter.count(content)
-    body = {
-        "id": f"chatcmpl-standin-{time.monotonic_ns()}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": request.get("model", "stand-in"),
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
-    return json.dumps(body).encode("utf-8")
-
-
-def make_handler(
-    answers: dict[str, str], fallback: str, counter: TokenCounter, delay_s: float
-) -> type[BaseHTTPRequestHandler]:
-    """A request handler class bound to one stand-in's answers: chat completions, and
-    the Batch API (``bench/batch_api.py``) answering each line the same way, at once."""
-
-    def answer(request: dict[str, Any]) -> tuple[int, dict[str, Any] | str, dict[str, str]]:
-        users = [m for m in request.get("messages", []) if m.get("role") == "user"]
-        text = message_text(users[-1].get("content")) if users else ""
-        label = answers.get(text, fallback)
-        offered = offered_labels(request)
-        if offered is not None and label not in offered:
-            # It answers only from what it is offered, as a real model must: a wrong
-            # narrowing costs a second call (or accuracy), never a free right answer.
-            label = NONE_OF_THESE if NONE_OF_THESE in offered else offered[0]
-        content = json.dumps({"label": label})
-        return 200, json.loads(completion_body(request, content, counter)), {}
-
-    batches = BatchApi(answer=answer, polls_until_done=0)
-
-    class Handler(BaseHTTPRequestHandler):
-        # Keep-alive, as the openai client's connection pool expects of a real API.
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # one line per request would bury the benchmark's own output
-
-        def _send(self, status: int, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            path = self.path.split("?")[0].rstrip("/")
-            if path.endswith("/content"):
-                self._send(200, batches.files[path.split("/")[-2]])
-            elif path.endswith("/batches"):
-                self._send(200, json.dumps(batches.listing()).encode())
-            else:
-                self._send(200, json.dumps(batches.retrieve(path.split("/")[-1])).encode())
-
-        def do_POST(self) -> None:
-            received = time.perf_counter()
-            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            path = self.path.rstrip("/")
-            if path.endswith("/files"):
-                self._send(
-                    200, json.dumps(batches.upload(self.headers["Content-Type"], raw)).encode()
-                )
-                return
-            if path.endswith("/batches"):
-                self._send(200, json.dumps(batches.create(json.loads(raw))).encode())
-                return
-            if not path.endswith("/chat/completions"):
-                self._send(404, b'{"error": {"message": "not found"}}')
-                return
-            request = json.loads(raw)
-            fmt = (request.get("response_format") or {}).get("type", "text")
-            if fmt not in ("json_schema", "json_object", "text"):
-                self._send(400, json.dumps({"error": {"message": f"bad {fmt}"}}).encode())
-                return
-            _, body, _ = answer(request)
-            # The delay is the server's whole time on the request, tokenizing included.
-            time.sleep(max(0.0, delay_s - (time.perf_counter() - received)))
-            self._send(200, json.dumps(body).encode())
-
-    return Handler
-
-
-class StandInServer(ThreadingHTTPServer):
-    """A threaded HTTP server whose listen backlog takes every concurrent client."""
-
-    daemon_threads = True
-    # The default backlog of 5 drops SYNs under 32 concurrent connects; the kernel then
-    # retries after a second, which would show up as frontier latency.
-    request_queue_size = 256
-
-
-def start_stand_in(handler: type[BaseHTTPRequestHandler]) -> tuple[StandInServer, str]:
-    """The server running in a background thread, and its OpenAI base URL."""
-    server = StandInServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
 
 
 # ------------------------------------------------------------------------ frontier
@@ -737,8 +613,15 @@ def measure_stand_in(
     the escalated documents with narrowed requests."""
     name = f"{round(100 * accuracy)}"
     answers = stand_in_answers(data, taxonomy.names, accuracy)
-    handler = make_handler(answers, taxonomy.names[0], counter, args.delay_ms / 1000.0)
-    server, base_url = start_stand_in(handler)
+    server = ScriptedServer(
+        label_for=lambda text: answers.get(text, taxonomy.names[0]),
+        count_tokens=counter.count,
+        delay_s=args.delay_ms / 1000.0,
+        keep_alive=True,
+    )
+    # Batch lines are answered when the batch is created: ready at the first poll.
+    server.batch = BatchApi(answer=server.default_answer, polls_until_done=0)
+    base_url = server.start().base_url
     texts = [t for t, _ in data]
     try:
         run = frontier_pass(base_url, texts, taxonomy, args.concurrency)
@@ -749,8 +632,7 @@ def measure_stand_in(
         )
         batch_calls, batch_wall_s = batch_pass(base_url, escalated_texts, taxonomy, offered)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
     print(f"  stand-in {name} %: {len(data)} calls in {run.wall_s:.1f} s", file=sys.stderr)
     usd = {m: float(run.usd(m).mean()) for m in PRICED}
     right = [a == g for a, g in zip(run.labels, slm.gold_labels, strict=True)]

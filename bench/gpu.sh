@@ -154,7 +154,7 @@ services() { timeout "$1" "$PY" -m bench.services run -- "${@:2}"; }
 # In order of what matters most, should the call's time run out: the demo model and its
 # pipeline, the merged models, then the host ceiling.
 log "demo model, base + adapter"
-services 240 "$PY" bench/throughput.py --model "$model" --gpu-layers "$LAYERS" --threads 8 \
+services 240 "$PY" -m bench.throughput --model "$model" --gpu-layers "$LAYERS" --threads 8 \
   --docs "$DOCS" --single-docs 1024 --naive-docs 0 --parallel 64,255,128 --task-size 128 \
   --pool threads --worker-threads 8 --json >"$OUT/adapter.json" 2>>"$OUT/steps.log"
 log "merging the adapter into the base (q8_0, q4_0)"
@@ -171,7 +171,7 @@ manifest = json.load(open(path))
 manifest['serve'] = sys.argv[2]
 json.dump(manifest, open(path, 'w'))" "$STASH/model-$kind" "$kind"
     log "demo model, merged $kind"
-    timeout 90 "$PY" bench/throughput.py --model "$STASH/model-$kind" --gpu-layers "$LAYERS" \
+    timeout 90 "$PY" -m bench.throughput --model "$STASH/model-$kind" --gpu-layers "$LAYERS" \
       --threads 8 --docs "$DOCS" --single-docs 1024 --naive-docs 0 --parallel 128,255 \
       --no-pipeline --json >"$OUT/$kind.json" 2>>"$OUT/steps.log"
   done
@@ -179,7 +179,7 @@ else
   log "merge failed: see steps.log"
 fi
 log "host ceiling (tiny model, every layer on the GPU)"
-services 150 "$PY" bench/host_ceiling.py --gpu-layers "$LAYERS" --docs "$HOST_DOCS" --parallel 128 \
+services 150 "$PY" -m bench.host_ceiling --gpu-layers "$LAYERS" --docs "$HOST_DOCS" --parallel 128 \
   --task-size 128 --threads 8 --width 64 --tokenizer-from "$model/$base" --json \
   >"$OUT/host_ceiling.json" 2>>"$OUT/steps.log"
 [ -n "$dmon" ] && kill "$dmon" 2>/dev/null

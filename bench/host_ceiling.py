@@ -20,7 +20,7 @@ Lines, on BANKING77 test queries (repeated to ``--docs``):
 Each line: docs/s, per-document p50/p95 latency, and the ratio to line 1. Needs Redis
 and Postgres for line 3 (``--no-pipeline`` skips it), as ``bench/throughput.py`` does.
 
-    python bench/host_ceiling.py [--docs N] [--parallel 32] [--task-size 128] [--json]
+    python -m bench.host_ceiling [--docs N] [--parallel 32] [--task-size 128] [--json]
 """
 
 from __future__ import annotations
@@ -33,16 +33,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.queries import banking_queries
+from bench.stack import ROOT
+from bench.table import print_lines
+from bench.throughput import line_classify, line_classify_many, line_pipeline
+from bench.tiny_model import write_tiny_gguf
+from models.classifier import Classifier, ModelSpec, RuntimeOptions
+from models.registry import read_manifest
 
 
 def measure(args: argparse.Namespace, model: Path) -> dict[str, dict[str, Any]]:
     """Every line on ``model``, printed to stderr as each ends."""
-    from bench.queries import banking_queries
-    from bench.throughput import line_classify, line_classify_many, line_pipeline
-    from models.classifier import Classifier, ModelSpec, RuntimeOptions
-    from models.registry import read_manifest
-
     taxonomy = ROOT / "demo" / "banking77" / "categories.json"
     labels = tuple(json.loads(taxonomy.read_text(encoding="utf-8")))
     texts = banking_queries(args.docs, seed=None)
@@ -114,11 +115,6 @@ def main() -> None:
     parser.add_argument("--no-pipeline", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-
-    if str(ROOT) not in sys.path:  # run as a script: the project's packages are beside it
-        sys.path.insert(0, str(ROOT))
-    from bench.table import print_lines
-    from bench.tiny_model import write_tiny_gguf
 
     with tempfile.TemporaryDirectory(prefix="shiftdown-tiny-") as folder:
         model = write_tiny_gguf(Path(folder) / "tiny.gguf", args.tokenizer_from, width=args.width)

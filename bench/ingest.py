@@ -11,7 +11,7 @@ store     SLM predictions committed the way the worker commits them (insert the 
 
 No worker runs: the queue only fills. Backpressure is lifted for the measurement.
 
-    python bench/ingest.py --docs 100000 [--json]
+    python -m bench.ingest --docs 100000 [--json]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,12 +28,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.queries import banking_queries  # noqa: E402
-from bench.stack import scratch_stack  # noqa: E402
-from bench.table import print_table  # noqa: E402
+from bench.queries import banking_queries
+from bench.stack import ROOT, scratch_stack
+from bench.table import print_table
 
 
 def write_jsonl(path: Path, n: int) -> None:

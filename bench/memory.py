@@ -2,7 +2,7 @@
 producer → Redis → one Celery worker process → Postgres, the pool process's resident
 set sampled every ``--every`` seconds, against the size of the model files it loads.
 
-    python bench/memory.py --docs 20000 [--model demo/banking77-lora] [--json]
+    python -m bench.memory --docs 20000 [--model demo/banking77-lora] [--json]
 """
 
 from __future__ import annotations
@@ -10,17 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.queries import banking_queries  # noqa: E402
-from bench.stack import scratch_stack, start_worker, stop_worker  # noqa: E402
-from bench.table import print_table  # noqa: E402
+from bench.queries import banking_queries
+from bench.stack import ROOT, scratch_stack, start_worker, stop_worker
+from bench.table import print_table
 
 MB = 1024 * 1024
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,13 @@ from typing import Any, Self
 
 from bench.batch_api import BatchApi
 from shiftdown.prompts import NONE_OF_THESE
+
+
+class _Httpd(ThreadingHTTPServer):
+    # The default listen backlog of 5 drops SYNs under dozens of concurrent connects; the
+    # kernel retries a second later, which a benchmark would read as frontier latency.
+    request_queue_size = 256
+
 
 Answer = Callable[[dict[str, Any]], tuple[int, dict[str, Any] | str, dict[str, str]]]
 
@@ -27,13 +35,22 @@ class ScriptedServer:
     label_for: Callable[[str], str]
     prompt_tokens: int = 120
     completion_tokens: int = 7
+    # A tokenizer's count of a text: usage then holds the tokens of the real request
+    # (every message) and answer, as a provider bills them, not the fixed counts above.
+    count_tokens: Callable[[str], int] | None = None
     reject_json_schema: bool = False
     # Prompt tokens reported as served from the cache (usage.prompt_tokens_details).
     cached_tokens: int = 0
+    # A synchronous call's least time on the server, answering included (a remote
+    # model's latency); Batch API lines are answered without it.
+    delay_s: float = 0.0
+    # HTTP/1.1 keep-alive, as the openai client's connection pool expects of a real API.
+    # Off by default: a kept connection holds a handler thread that ``stop`` waits for.
+    keep_alive: bool = False
     script: list[Answer] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     batch: BatchApi | None = None
-    _httpd: ThreadingHTTPServer | None = None
+    _httpd: _Httpd | None = None
 
     def __post_init__(self) -> None:
         if self.batch is None:
@@ -61,15 +78,25 @@ class ScriptedServer:
         if offered is not None and label not in offered and NONE_OF_THESE in offered:
             label = NONE_OF_THESE  # a narrowed request without the right label
         content = json.dumps({"label": label})
-        answer = completion(body["model"], content, self.prompt_tokens, self.completion_tokens)
+        answer = completion(body["model"], content, *self.usage(body, content))
         if self.cached_tokens:
             answer["usage"]["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         return 200, answer, {}
+
+    def usage(self, body: dict[str, Any], content: str) -> tuple[int, int]:
+        """Prompt and completion tokens of answering ``body`` with ``content``."""
+        if self.count_tokens is None:
+            return self.prompt_tokens, self.completion_tokens
+        messages = body.get("messages", [])
+        prompt = sum(self.count_tokens(message_text(m.get("content"))) for m in messages)
+        return prompt, self.count_tokens(content)
 
     def start(self) -> Self:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if server.keep_alive else "HTTP/1.0"
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -86,6 +113,7 @@ class ScriptedServer:
                     self._send(200, api.retrieve(path.split("/")[-1]), {})
 
             def do_POST(self) -> None:
+                received = time.perf_counter()
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
                 api = server.batch
                 assert api is not None
@@ -99,6 +127,7 @@ class ScriptedServer:
                 server.requests.append(body)
                 answer = server.script.pop(0) if server.script else server.default_answer
                 status, payload, headers = answer(body)
+                time.sleep(max(0.0, server.delay_s - (time.perf_counter() - received)))
                 self._send(status, payload, headers)
 
             def _send(
@@ -124,7 +153,7 @@ class ScriptedServer:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(data)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Httpd(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
 
@@ -140,6 +169,15 @@ def offered_labels(body: dict[str, Any]) -> list[str] | None:
     schema = (fmt.get("json_schema") or {}).get("schema") or fmt.get("schema") or {}
     enum = ((schema.get("properties") or {}).get("label") or {}).get("enum")
     return list(enum) if isinstance(enum, list) else None
+
+
+def message_text(content: Any) -> str:
+    """A chat message's content as text (a string or a list of text parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
 
 
 def completion(

@@ -18,7 +18,7 @@
 Each line reports docs/s, per-document p50/p95 latency, and its ratio to line 1.
 Needs Redis and Postgres for line 4 (``--no-pipeline`` skips it).
 
-    python bench/throughput.py --docs 300 [--model demo/banking77-lora] [--scale]
+    python -m bench.throughput --docs 300 [--model demo/banking77-lora] [--scale]
         [--parallel N[,N...]] [--task-size 32] [--pool threads] [--naive-docs N]
         [--gpu-layers -1] [--json]
 
@@ -38,13 +38,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.queries import banking_queries  # noqa: E402
-from bench.table import print_lines  # noqa: E402  (first: bench loads llama.cpp first)
-from models.classifier import Classifier, ModelSpec, RuntimeOptions  # noqa: E402
-from models.registry import load_model_dir  # noqa: E402
+from bench.queries import banking_queries
+from bench.stack import ROOT
+from bench.table import print_lines
+from models.classifier import Classifier, ModelSpec, RuntimeOptions
+from models.registry import load_model_dir
 
 
 def stats(latencies_ms: list[float], wall_s: float) -> dict[str, float]:

@@ -29,7 +29,7 @@ def test_host_ceiling_prints_one_json_object_with_both_lines() -> None:
     }
     env["SHIFTDOWN_TEST_PG"] = PG_ADMIN
     result = subprocess.run(
-        [sys.executable, "bench/host_ceiling.py", "--docs", "256", "--threads", "2", "--json"],
+        [sys.executable, "-m", "bench.host_ceiling", "--docs", "256", "--threads", "2", "--json"],
         cwd=ROOT,
         env=env,
         capture_output=True,
