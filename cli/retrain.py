@@ -5,6 +5,7 @@ promoted version, and promote it only if it wins on the target."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -13,7 +14,6 @@ from rich.table import Table
 from cli.common import ensure_schema, handle_errors
 from cli.options import economics_option, target_options, task_option
 from cli.progress import progress_bar
-from models.policy import Target
 from models.promotion import RetrainOptions, retrain_task
 from shiftdown.settings import get_settings
 
@@ -45,31 +45,11 @@ from shiftdown.settings import get_settings
 @click.option("--epochs", default=1.0, show_default=True)
 @click.option("--valid-frac", default=0.1, show_default=True, help="Held out of training.")
 @handle_errors
-def retrain(
-    task_name: str | None,
-    candidate: str | None,
-    out_dir: Path | None,
-    heldout: Path | None,
-    target: Target | None,
-    per_label: bool,
-    frontier_accuracy: float,
-    epochs: float,
-    valid_frac: float,
-) -> None:
+def retrain(task_name: str | None, **options: Any) -> None:
     """Train a candidate on everything the frontier has taught, and promote it only if
     it beats the promoted version on the target (the promoted one's policy by default)."""
     ensure_schema()
-    opts = RetrainOptions(
-        task_name=task_name or get_settings().task,
-        candidate=candidate,
-        out_dir=out_dir,
-        heldout=heldout,
-        target=target,
-        per_label=per_label,
-        frontier_accuracy=frontier_accuracy,
-        epochs=epochs,
-        valid_frac=valid_frac,
-    )
+    opts = RetrainOptions(task_name=task_name or get_settings().task, **options)
     result = retrain_task(opts, progress_bar, lambda line: click.echo(line, err=True))
     table = Table(
         title=f"shadow evaluation on {result.examples} held-out: {result.target.describe()}"
