@@ -1,6 +1,6 @@
-"""Scoring a model version on held-out labelled data, shared by ``calibrate``,
-``policy`` and ``retrain``: the serving path, one forward pass per example; and what one
-escalation costs the task."""
+"""A model version on labelled data, shared by ``calibrate``, ``policy``, ``eval`` and
+``retrain``: resolving the version, scoring it through the serving path (one forward
+pass per example), evaluating it; and what one escalation costs the task."""
 
 from __future__ import annotations
 
