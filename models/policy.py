@@ -150,15 +150,13 @@ def stored_policy(manifest: ModelManifest) -> Policy | None:
     return Policy.from_dict(manifest.policy) if manifest.policy else None
 
 
-def offered_k(manifest: ModelManifest | None, override: int | None = None) -> int:
+def offered_k(policy: Policy | None, override: int | None = None) -> int:
     """How many of the SLM's top labels an escalated document's frontier request offers
     under a model version's stored policy (``override``: SHIFTDOWN_FRONTIER_TOP_K);
     0: the whole taxonomy."""
     if override is not None:
         return override
-    policy = stored_policy(manifest) if manifest else None
-    rule = policy.candidates if policy else None
-    return rule.k if rule else 0
+    return policy.candidates.k if policy and policy.candidates else 0
 
 
 def outcome(escalate: Bools, correct: Bools, econ: Economics) -> Outcome:

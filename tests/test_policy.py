@@ -29,6 +29,7 @@ from models.policy import (
     offered_k,
     outcome,
     rate_upper_bound,
+    stored_policy,
 )
 from models.retrain import Contender, judge
 from shiftdown.drift import DriftCheck
@@ -236,7 +237,8 @@ def test_a_policy_keeps_its_candidate_rule() -> None:
     policy = Policy(0.4, Target(MAX_ESCALATION, 0.1), candidates=rule)
     again = Policy.from_dict(policy.to_dict())
     assert again.candidates == rule
-    stored = ModelManifest(policy=policy.to_dict())
+    stored = stored_policy(ModelManifest(policy=policy.to_dict()))
     assert offered_k(stored) == 5
     assert offered_k(stored, override=0) == 0
-    assert offered_k(ModelManifest()) == 0 and offered_k(None, override=3) == 3
+    assert stored_policy(ModelManifest()) is None
+    assert offered_k(None) == 0 and offered_k(None, override=3) == 3

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models.candidates import top_candidates
-from models.policy import offered_k
+from models.policy import offered_k, stored_policy
 from models.registry import task_taxonomy
 from shiftdown.db import session_scope
 from shiftdown.prompts import NONE_OF_THESE
@@ -232,7 +232,8 @@ def candidates_for(
     taxonomy): narrowing off, a taxonomy that has a label of the reserved name, or no
     stored distribution holding enough labels, or a narrowed answer already declined."""
     version = session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
-    k = offered_k(version.read_manifest() if version else None, get_settings().frontier_top_k)
+    policy = stored_policy(version.read_manifest()) if version else None
+    k = offered_k(policy, get_settings().frontier_top_k)
     if not k or k >= len(taxonomy) or NONE_OF_THESE in taxonomy:
         return None
     declined_before = session.scalar(

@@ -117,12 +117,6 @@ def _load(ids: list[int]) -> list[_Work]:
         return [_Work(doc_id, text, *contexts[run_id]) for doc_id, text, run_id in docs]
 
 
-def per_label_thresholds(version: ModelVersion) -> dict[str, float]:
-    """The per-label thresholds of the version's stored policy (empty when global)."""
-    policy = stored_policy(version.read_manifest())
-    return policy.per_label if policy else {}
-
-
 def audited(doc_id: int, rate: float) -> bool:
     """Whether a kept document is in the audit sample: a fixed function of its id, so
     a redelivered batch samples the same documents."""
@@ -180,8 +174,10 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
             continue
         version = item.version
         if version.id not in thresholds:
-            thresholds[version.id] = per_label_thresholds(version)
-            offered[version.id] = offered_k(version.read_manifest(), s.frontier_top_k)
+            # The version's manifest and policy, parsed once a batch for both uses.
+            policy = stored_policy(version.read_manifest())
+            thresholds[version.id] = policy.per_label if policy else {}
+            offered[version.id] = offered_k(policy, s.frontier_top_k)
             names[version.id] = model_name(version)
         limit = thresholds[version.id].get(outcome.label, item.run.threshold)
         escalated = outcome.confidence < limit
