@@ -162,6 +162,8 @@ class Document(Base):
     external_id: Mapped[str] = mapped_column(String(255))
     line_no: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
+    # What an application producer or a stream entry attached to the document.
+    meta: Mapped[dict[str, Any] | None] = mapped_column(Json)
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(32), default=DocState.QUEUED)
     final_stage: Mapped[str | None] = mapped_column(String(16))
@@ -270,6 +272,20 @@ class InputError(Base):
     error: Mapped[str] = mapped_column(Text)
     excerpt: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ResultOutbox(Base):
+    """A settled document whose result is owed to the Redis results stream
+    (``SHIFTDOWN_RESULTS_STREAM``): written with the settlement, deleted once appended."""
+
+    __tablename__ = "result_outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"))
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
 
 
 class TeacherExample(Base):

@@ -118,6 +118,24 @@ class Settings(BaseSettings):
         ge=1,
         description="Producer pauses while the SLM queue holds more messages than this.",
     )
+    submit_linger_ms: float = Field(
+        default=20.0,
+        ge=0.0,
+        description="A producer commits and publishes a chunk when it holds 1,000 documents "
+        "or when its oldest document has waited this long (Kafka's linger.ms), so a slow "
+        "stream's documents are not held back for a full chunk.",
+    )
+    results_stream: str | None = Field(
+        default=None,
+        description="Redis Stream key each settled document's result is appended to after "
+        "its commit (on the broker's Redis). Unset: results only in the store.",
+    )
+    results_stream_maxlen: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Approximate cap of the results stream (XADD MAXLEN ~): older entries "
+        "are trimmed.",
+    )
     slm_queue: str = Field(default="slm", description="Default queue of SLM tasks.")
     frontier_queue: str = Field(default="frontier", description="Queue of frontier tasks.")
     visibility_timeout_s: int = Field(
