@@ -14,6 +14,7 @@ from cli.eval import eval_command
 from cli.export import export
 from cli.finetune import finetune
 from cli.flower import flower
+from cli.ingest import ingest
 from cli.metrics import metrics
 from cli.models import models_group
 from cli.policy import policy
@@ -38,6 +39,7 @@ def cli(verbose: bool) -> None:
 for command in (
     run,
     submit,
+    ingest,
     report,
     status,
     wait,

@@ -68,7 +68,7 @@ def summary_rows(data: RunReport) -> list[tuple[str, str]]:
     """Every figure of the report as a (measure, value) row."""
     frontier = data.frontier
     rows: list[tuple[str, str]] = [
-        ("input", input_name(data.source)),
+        ("input", input_name(data.source) + (" (open: figures so far)" if data.open else "")),
         ("documents", fmt(data.documents)),
         ("rejected input records", fmt(data.rejected)),
         ("with a final label", fmt(data.final)),

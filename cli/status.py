@@ -51,7 +51,7 @@ def status(run_id: int | None, as_json: bool) -> None:
             )
         )
         return
-    click.echo(f"run {run_id}" + ("" if submitted else " (still submitting)"))
+    click.echo(f"run {run_id}" + ("" if submitted else " (open: more documents may come)"))
     for state in DocState:
         if states.get(state):
             click.echo(f"  {state.value:<18} {states[state]:>10,}")
@@ -65,7 +65,10 @@ def status(run_id: int | None, as_json: bool) -> None:
 )
 @handle_errors
 def wait(run_id: int | None, timeout: float | None) -> None:
-    """Wait until every document of RUN_ID is settled, with a progress bar, rate and ETA."""
+    """Wait until every document of RUN_ID is settled, with a progress bar, rate and ETA.
+
+    On an open run (a stream still feeding it), until every document it holds so far
+    is settled."""
     ensure_schema()
     run_id, states, _, submitted = run_counts(run_id)
     deadline = time.monotonic() + timeout if timeout else None
@@ -76,11 +79,17 @@ def wait(run_id: int | None, timeout: float | None) -> None:
             settled = sum(states.get(s, 0) for s in SETTLED)
             advance(settled - done)
             done = settled
-            if submitted and settled == sum(states.values()):
+            total = sum(states.values())
+            # An open run (a stream) may never end: it is waited for until what it
+            # holds so far has settled.
+            if settled == total and (submitted or total):
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise click.ClickException(
                     f"run {run_id}: {settled} of {sum(states.values())} settled"
                 )
             time.sleep(1.0)
-    click.echo(f"run {run_id}: {done} document(s) settled")
+    click.echo(
+        f"run {run_id}: {done} document(s) settled"
+        + ("" if submitted else " so far (the run is open: more may come)")
+    )

@@ -25,6 +25,7 @@ class Record:
     line_no: int
     external_id: str
     text: str
+    meta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,16 +98,16 @@ def _external_id(line_no: int, value: object, raw: str) -> str | Rejected:
     return ext
 
 
-def _lines(stream: BinaryIO) -> Iterator[tuple[int, str]]:
-    for line_no, raw in enumerate(stream, start=1):
+def _lines(stream: Iterable[bytes], first_line: int = 1) -> Iterator[tuple[int, str]]:
+    for line_no, raw in enumerate(stream, start=first_line):
         yield line_no, raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
 
 
 def read_jsonl(
-    stream: BinaryIO, text_field: str, id_field: str | None
+    stream: Iterable[bytes], text_field: str, id_field: str | None, first_line: int = 1
 ) -> Iterator[Record | Rejected]:
     """JSON objects, one per line; blank lines are skipped."""
-    for line_no, line in _lines(stream):
+    for line_no, line in _lines(stream, first_line):
         if not line.strip():
             continue
         try:
@@ -134,6 +135,13 @@ def _record(
         yield ext_id
         return
     yield Record(line_no, ext_id, checked)
+
+
+def validate(line_no: int, text: object, ext: object) -> Record | Rejected:
+    """One document given as values (an application, a stream entry): a Record, or
+    why it cannot be one."""
+    raw = text if isinstance(text, str) else repr(text)
+    return next(_record(line_no, text, "text", ext, raw))
 
 
 def read_csv(
@@ -167,9 +175,9 @@ def read_csv(
         line_no = reader.line_num + 1
 
 
-def read_text(stream: BinaryIO) -> Iterator[Record | Rejected]:
-    """One document per line; blank lines are skipped."""
-    for line_no, line in _lines(stream):
+def read_text(stream: Iterable[bytes], first_line: int = 1) -> Iterator[Record | Rejected]:
+    """One document per line (its id: the line number); blank lines are skipped."""
+    for line_no, line in _lines(stream, first_line):
         if not line.strip():
             continue
         yield from _record(line_no, line, "text", None, line)
@@ -181,15 +189,17 @@ def read_records(
     name: str = "-",
     text_field: str = "text",
     id_field: str | None = "id",
+    first_line: int = 1,
 ) -> Iterable[Record | Rejected]:
-    """Records of ``stream`` in format ``fmt`` (``auto``: by name, else by content)."""
+    """Records of ``stream`` in format ``fmt`` (``auto``: by name, else by content);
+    lines are numbered from ``first_line`` (a follower resuming a file)."""
     if fmt == "auto":
         # Peek at the first line without consuming it (stdin cannot be rewound).
         buffered: Any = stream if hasattr(stream, "peek") else io.BufferedReader(cast(Any, stream))
         fmt = detect_format(name, buffered.peek(4096).split(b"\n", 1)[0])
         stream = buffered
     if fmt == "jsonl":
-        return read_jsonl(stream, text_field, id_field)
+        return read_jsonl(stream, text_field, id_field, first_line)
     if fmt == "csv":
         return read_csv(stream, text_field, id_field, "\t" if name.endswith(".tsv") else ",")
-    return read_text(stream)
+    return read_text(stream, first_line)

@@ -1,9 +1,11 @@
 """Submit a stream of records to a task: create a run, store documents in bulk, and
 enqueue SLM tasks of ``slm_batch_size`` document ids, pausing while the queue is deep.
 
-Documents are committed before their task is sent, so a worker always finds them. Chunks
-of about 1,000 documents are each one INSERT, stored on a thread while the chunk before
-is published, and a chunk's tasks leave in one Redis pipeline.
+Documents are committed before their task is sent, so a worker always finds them. A
+chunk goes when it holds about 1,000 documents or when its oldest has waited
+``SHIFTDOWN_SUBMIT_LINGER_MS`` (producers/linger.py), so a slow stream is not held back;
+each chunk is one INSERT, stored on a thread while the chunk before is published, and
+its tasks leave in one Redis pipeline.
 """
 
 from __future__ import annotations
@@ -15,19 +17,19 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 from kombu.exceptions import BatchPublishError
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
 from models.policy import stored_policy
 from models.registry import ensure_task, label_mismatch, resolve_model
+from producers.linger import LingeringChunks, lingering_chunks
 from producers.readers import Record, Rejected
 from shiftdown.db import insert_or_skip, session_scope
-from shiftdown.schema import DocState, Document, InputError, Run, utcnow
+from shiftdown.schema import DocState, Document, InputError, ModelVersion, Run, Task, utcnow
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
 from workers.app import TASK_FRONTIER, TASK_SLM, app, dispatch, queue_depth
@@ -75,6 +77,37 @@ def create_run(
         return run.id, task.queue or s.slm_queue
 
 
+def preload_model(run_id: int) -> None:
+    """Load the run's model now, in embedded mode, where this process classifies: the
+    first document of a stream is then labelled in milliseconds, not after the model's
+    load. A model that cannot load is left for the first batch to report."""
+    if not app.conf.task_always_eager:
+        return
+    from models.registry import task_taxonomy
+    from workers.slm import get_classifier
+
+    try:
+        with session_scope() as session:
+            run = session.get_one(Run, run_id)
+            version = session.get_one(ModelVersion, run.model_version_id)
+            taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
+        get_classifier(version, taxonomy)
+    except Exception:
+        log.debug("could not preload the model of run %d", run_id, exc_info=True)
+
+
+def reopen_run(run_id: int) -> str | None:
+    """The SLM queue of an open run (a follower or stream consumer resuming it), or
+    None when there is no such run or it was closed."""
+    s = get_settings()
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None or run.submitted_at is not None:
+            return None
+        task = session.get_one(Task, run.task_name)
+        return task.queue or s.slm_queue
+
+
 # Postgres: the chunk as one JSON parameter. A multi-row VALUES insert of a 1,000-document
 # chunk has 8,000 placeholders, and psycopg parses a statement that long afresh for every
 # chunk (half the producer's time); this statement is short and the same every time, and
@@ -84,9 +117,10 @@ def create_run(
 _PG_INSERT_DOCUMENTS = sql_text(
     """
     INSERT INTO documents
-        (run_id, external_id, line_no, text, state, truncated, created_at, updated_at)
-    SELECT :run_id, u.external_id, u.line_no, u.text, :state, false, :now, :now
-    FROM json_to_recordset(CAST(:rows AS json)) AS u(external_id text, line_no integer, text text)
+        (run_id, external_id, line_no, text, meta, state, truncated, created_at, updated_at)
+    SELECT :run_id, u.external_id, u.line_no, u.text, u.meta, :state, false, :now, :now
+    FROM json_to_recordset(CAST(:rows AS json))
+        AS u(external_id text, line_no integer, text text, meta jsonb)
     ON CONFLICT (run_id, external_id) DO NOTHING
     RETURNING id, external_id
     """
@@ -99,7 +133,10 @@ def _insert_documents(session: Session, run_id: int, records: list[Record]) -> d
     now = utcnow()
     if session.get_bind().dialect.name == "postgresql":
         payload = json.dumps(
-            [{"external_id": r.external_id, "line_no": r.line_no, "text": r.text} for r in records]
+            [
+                {"external_id": r.external_id, "line_no": r.line_no, "text": r.text, "meta": r.meta}
+                for r in records
+            ]
         )
         params = {"run_id": run_id, "state": DocState.QUEUED.value, "now": now, "rows": payload}
         return {ext: doc_id for doc_id, ext in session.execute(_PG_INSERT_DOCUMENTS, params)}
@@ -112,6 +149,7 @@ def _insert_documents(session: Session, run_id: int, records: list[Record]) -> d
             "external_id": r.external_id,
             "line_no": r.line_no,
             "text": r.text,
+            "meta": r.meta,
             "state": DocState.QUEUED.value,
             "truncated": False,
             "created_at": now,
@@ -129,10 +167,13 @@ class _Stored:
     ids: list[int]
     rejected: int
     duplicates: int
+    last_line_no: int  # of the chunk's last input record, good or not
 
 
-def _store_chunk(run_id: int, chunk: list[Record | Rejected]) -> _Stored:
-    """Insert a chunk's records and record its rejects, in one transaction."""
+def _store_chunk(run_id: int, chunk: list[Record | Rejected], redelivered_ok: bool) -> _Stored:
+    """Insert a chunk's records and record its rejects, in one transaction; a duplicate
+    id is a reject unless ``redelivered_ok`` (a stream delivers again what it is unsure
+    was stored)."""
     good = [r for r in chunk if isinstance(r, Record)]
     bad = [r for r in chunk if isinstance(r, Rejected)]
     with session_scope() as session:
@@ -143,6 +184,8 @@ def _store_chunk(run_id: int, chunk: list[Record | Rejected]) -> _Stored:
             doc_id = stored.pop(r.external_id, None)
             if doc_id is None:
                 n_dups += 1
+                if redelivered_ok:
+                    continue
                 error = f"line {r.line_no}: duplicate id {r.external_id!r}"
                 bad.append(Rejected(r.line_no, error, ""))
             else:
@@ -155,29 +198,34 @@ def _store_chunk(run_id: int, chunk: list[Record | Rejected]) -> _Stored:
                     for r in bad
                 ],
             )
-    return _Stored(ids, len(bad), n_dups)
+    return _Stored(ids, len(bad), n_dups, chunk[-1].line_no)
 
 
 def _stored_chunks(
-    run_id: int, chunks: Iterable[list[Record | Rejected]], ahead: bool
+    run_id: int, chunks: LingeringChunks[Record | Rejected], ahead: bool, redelivered_ok: bool
 ) -> Iterator[_Stored]:
     """Each chunk stored and committed, in order.
 
     With ``ahead``, the next chunk is stored on a thread while the caller publishes this
     one and the next is read: the INSERT is mostly Postgres's time, and it was half the
-    producer's. A failure stops at most one chunk further on than it would have; its
-    documents wait for ``reconcile`` like those of a producer that died.
+    producer's. That holds a stored chunk back until the next one is read, so it is done
+    only while the next chunk is already there; a slow stream's chunk is published as
+    soon as it is stored. A failure stops at most one chunk further on than it would
+    have; its documents wait for ``reconcile`` like those of a producer that died.
     """
     if not ahead:
         for chunk in chunks:
-            yield _store_chunk(run_id, chunk)
+            yield _store_chunk(run_id, chunk, redelivered_ok)
         return
     with ThreadPoolExecutor(1, thread_name_prefix="shiftdown-store") as pool:
         pending: Future[_Stored] | None = None
         try:
             for chunk in chunks:
-                done, pending = pending, pool.submit(_store_chunk, run_id, chunk)
+                done, pending = pending, pool.submit(_store_chunk, run_id, chunk, redelivered_ok)
                 if done is not None:
+                    yield done.result()
+                if not chunks.next_ready():
+                    done, pending = pending, None
                     yield done.result()
             if pending is not None:
                 done, pending = pending, None
@@ -256,12 +304,6 @@ def _send_tasks(
         return _publish_tasks(ids, queue, producer, room, None, batched=False)
 
 
-def _chunks(items: Iterable[Record | Rejected], size: int) -> Iterator[list[Record | Rejected]]:
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
-
-
 def _to_frontier(ids: list[int]) -> None:
     # The SLM cannot answer for this taxonomy: straight to the frontier (or parked).
     s = get_settings()
@@ -278,11 +320,17 @@ def submit_records(
     items: Iterable[Record | Rejected],
     queue: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_stored: Callable[[int], None] | None = None,
+    close: bool = True,
+    redelivered_ok: bool = False,
 ) -> SubmitResult:
     """Store and enqueue every record of ``items`` under ``run_id``.
 
     ``on_progress`` is called with the size of each batch sent (in embedded mode, each
-    batch classified).
+    batch classified); ``on_stored`` with the line number of each chunk's last record
+    once the chunk is committed (a follower's resume point). With ``close``, the run is
+    marked submitted at the end; a streaming producer leaves it open. With
+    ``redelivered_ok``, a record whose id the run already has is skipped silently.
     """
     s = get_settings()
     queue = queue or s.slm_queue
@@ -293,7 +341,11 @@ def submit_records(
     size = s.slm_batch_size * max(1, CHUNK // s.slm_batch_size)
     room = 0  # messages the SLM queue can take before its depth is asked again
     with _producer() as producer:
-        for stored in _stored_chunks(run_id, _chunks(items, size), ahead=producer is not None):
+        chunks = lingering_chunks(items, size, s.submit_linger_ms / 1000)
+        stored_chunks = _stored_chunks(run_id, chunks, producer is not None, redelivered_ok)
+        for stored in stored_chunks:
+            if on_stored:
+                on_stored(stored.last_line_no)
             ids = stored.ids
             result.submitted += len(ids)
             result.rejected += stored.rejected
@@ -304,9 +356,21 @@ def submit_records(
                     on_progress(len(ids))
                 continue
             room = _send_tasks(ids, queue, producer, room, on_progress)
+    if close:
+        close_run(run_id)
+    return result
+
+
+def close_run(run_id: int) -> None:
+    """Mark the run submitted: no more documents will come (``status``, ``wait`` and
+    ``results --follow`` then know it can settle). Its counts are the store's, so a run
+    fed by several producers or restarts adds up."""
     with session_scope() as session:
         run = session.get_one(Run, run_id)
-        run.n_submitted = result.submitted
-        run.n_rejected = result.rejected
+        run.n_submitted = int(
+            session.scalar(select(func.count()).where(Document.run_id == run_id)) or 0
+        )
+        run.n_rejected = int(
+            session.scalar(select(func.count()).where(InputError.run_id == run_id)) or 0
+        )
         run.submitted_at = utcnow()
-    return result

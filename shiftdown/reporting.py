@@ -80,6 +80,9 @@ class RunReport:
     model: str | None
     threshold: float
     source: str
+    # Still taking documents (a stream, a follower, a submission in progress): every
+    # figure is so far.
+    open: bool
     documents: int
     rejected: int
     states: dict[str, int]
@@ -223,6 +226,7 @@ def run_report(session: Session, run_id: int, settings: Settings) -> RunReport:
         model=f"v{version.version}" if version else None,
         threshold=run.threshold,
         source=run.source,
+        open=run.submitted_at is None,
         documents=n_docs,
         rejected=int(session.scalar(select(func.count()).where(InputError.run_id == run_id)) or 0),
         states=states,
