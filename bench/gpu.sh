@@ -142,7 +142,7 @@ import models.registry, shiftdown.db, sqlalchemy, numpy, yaml  # the store first
 from pathlib import Path
 from models.classifier import Classifier, ModelSpec, RuntimeOptions
 gguf, adapter, manifest = models.registry.load_model_dir(Path('$model'))
-labels = tuple(manifest['labels'])
+labels = tuple(manifest.labels or ())
 clf = Classifier(ModelSpec(str(gguf), labels, str(adapter), manifest), RuntimeOptions(n_gpu_layers=$layers))
 print('n_gpu_layers=$layers: loaded after the store, classified as', clf.classify('my card has not arrived').label)
 " >>"$OUT/import-order.txt" 2>&1
