@@ -78,7 +78,7 @@ def main() -> None:
         from shiftdown.settings import get_settings
         from shiftdown.taxonomy import Taxonomy
         from workers.app import TASK_SLM, app
-        from workers.store import insert_predictions, move_documents
+        from workers.store import PredictionRow, insert_predictions, move_documents
 
         s = get_settings()
         taxonomy = Taxonomy.from_file(ROOT / "demo" / "banking77" / "categories.json")
@@ -122,7 +122,7 @@ def main() -> None:
 
         labels = taxonomy.names
 
-        def rows_of(run_id: int) -> list[dict[str, Any]]:
+        def rows_of(run_id: int) -> list[PredictionRow]:
             with session_scope() as session:
                 ids = session.scalars(
                     select(Document.id).where(Document.run_id == run_id).order_by(Document.id)
@@ -131,23 +131,23 @@ def main() -> None:
             out = []
             for doc_id in ids:
                 top = rng.sample(labels, s.store_top_k)
-                out.append({
-                    "document_id": doc_id, "run_id": run_id, "stage": Stage.SLM,
-                    "label": top[0], "confidence": rng.random(), "escalated": False,
-                    "distribution": {lbl: round(rng.random(), 4) for lbl in top},
-                    "model": "bench", "model_version_id": None, "latency_ms": 60.0,
-                    "prompt_tokens": 21, "completion_tokens": 0, "cost_usd": 0.0,
-                })  # fmt: skip
+                out.append(PredictionRow(
+                    document_id=doc_id, run_id=run_id, stage=Stage.SLM,
+                    label=top[0], confidence=rng.random(), escalated=False,
+                    distribution={lbl: round(rng.random(), 4) for lbl in top},
+                    model="bench", model_version_id=None, latency_ms=60.0,
+                    prompt_tokens=21, completion_tokens=0, cost_usd=0.0,
+                ))  # fmt: skip
             return out
 
-        def store(rows: list[dict[str, Any]], size: int) -> Callable[[], None]:
+        def store(rows: list[PredictionRow], size: int) -> Callable[[], None]:
             def go() -> None:
                 for batch in chunks(rows, size):
                     with session_scope() as session:
                         insert_predictions(session, batch)
                         move_documents(
                             session,
-                            [r["document_id"] for r in batch],
+                            [r.document_id for r in batch],
                             [DocState.QUEUED],
                             state=DocState.CLASSIFIED,
                             final_stage=Stage.SLM,
