@@ -8,6 +8,7 @@ import click
 
 from cli.batches import batches
 from cli.calibrate import calibrate
+from cli.close import close
 from cli.db import db
 from cli.escalate import escalate
 from cli.eval import eval_command
@@ -40,6 +41,7 @@ for command in (
     run,
     submit,
     ingest,
+    close,
     report,
     status,
     wait,

@@ -306,3 +306,29 @@ def test_stream_ingest_loses_nothing_to_a_kill_and_stores_nothing_twice(
     assert len(errors) == 2 and any("empty" in e for e in errors), errors
     assert any("meta" in e for e in errors), errors
     assert json.loads(json.dumps(client.xinfo_groups(key)[0]["pending"])) == 0
+
+
+def test_an_open_run_says_so_until_it_is_closed(
+    use_settings: Callable[..., None], sqlite_url: str, banking_taxonomy: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from cli.common import ensure_schema
+    from cli.main import cli
+
+    use_settings(SHIFTDOWN_DATABASE_URL=sqlite_url)
+    ensure_schema()
+    producer = Producer(task="banking77", taxonomy=str(banking_taxonomy))
+    producer.submit("my card has not arrived yet", id="a")
+    producer.close(close_run_too=False)
+    run = str(producer.run_id)
+    runner = CliRunner()
+    assert "open" in runner.invoke(cli, ["status", run]).output
+    waited = runner.invoke(cli, ["wait", run, "--timeout", "60"])
+    assert waited.exit_code == 0 and "the run is open" in waited.output, waited.output
+    report = runner.invoke(cli, ["report", run])
+    assert "open: figures so far" in report.output, report.output
+    assert runner.invoke(cli, ["close", run]).exit_code == 0
+    assert "open" not in runner.invoke(cli, ["status", run]).output
+    with session_scope() as session:
+        assert session.get_one(Run, producer.run_id).n_submitted == 1
