@@ -20,15 +20,17 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import redis
 
 from producers.readers import Record, Rejected, validate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READ_COUNT = 500
 BLOCK_MS = 100
@@ -58,6 +60,7 @@ class StreamReader:
     _stop: threading.Event = field(default_factory=threading.Event)
     _unacked: deque[tuple[int, bytes]] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _to_ack: list[bytes] = field(default_factory=list)
     _number: int = 0
     acked: int = 0
 
@@ -74,14 +77,23 @@ class StreamReader:
         self._stop.set()
 
     def committed(self, number: int) -> None:
-        """Acknowledge the entries of every record numbered up to ``number``."""
-        ids: list[bytes] = []
+        """Acknowledge the entries of every record numbered up to ``number``. With Redis
+        away they are acknowledged with the next chunk's (a restart or a claim meanwhile
+        delivers them again, and their ids are skipped)."""
         with self._lock:
             while self._unacked and self._unacked[0][0] <= number:
-                ids.append(self._unacked.popleft()[1])
-        if ids:
+                self._to_ack.append(self._unacked.popleft()[1])
+            ids = list(self._to_ack)
+        if not ids:
+            return
+        try:
             self.client.xack(self.source.key, self.source.group, *ids)
-            self.acked += len(ids)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("acknowledging %d entries failed (%s); trying with the next", len(ids), exc)
+            return
+        with self._lock:
+            del self._to_ack[: len(ids)]
+        self.acked += len(ids)
 
     def _record(self, entry_id: bytes, fields: dict[bytes, bytes]) -> Record | Rejected:
         self._number += 1
@@ -106,11 +118,28 @@ class StreamReader:
             return Rejected(number, error, checked.excerpt)
         return Record(number, checked.external_id, checked.text, meta)
 
+    def _waiting_out(self, call: Callable[[], T]) -> T | None:
+        """``call()``, waiting out a Redis outage (a restart) until it answers again or
+        the reader is stopped (None)."""
+        delay = 0.25
+        while not self._stop.is_set():
+            try:
+                return call()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("reading %s failed (%s); trying again", self.source.key, exc)
+            self._stop.wait(delay)
+            delay = min(2 * delay, 2.0)
+        return None
+
     def _read(self, start: str, block: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
         src = self.source
-        reply: Any = self.client.xreadgroup(
-            src.group, src.consumer, {src.key: start}, count=READ_COUNT, block=block
-        )
+
+        def read() -> Any:
+            return self.client.xreadgroup(
+                src.group, src.consumer, {src.key: start}, count=READ_COUNT, block=block
+            )
+
+        reply = self._waiting_out(read)
         return list(reply[0][1]) if reply else []
 
     def _claim(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
@@ -120,9 +149,18 @@ class StreamReader:
         claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
         cursor: Any = "0-0"
         while True:
-            reply: Any = self.client.xautoclaim(
-                src.key, src.group, src.consumer, src.claim_idle_ms, cursor, count=READ_COUNT
+            claim = partial(
+                self.client.xautoclaim,
+                src.key,
+                src.group,
+                src.consumer,
+                src.claim_idle_ms,
+                cursor,
+                count=READ_COUNT,
             )
+            reply: Any = self._waiting_out(claim)
+            if reply is None:
+                return claimed
             cursor, entries = reply[0], reply[1]
             # Entries deleted from the stream since come back as None: nothing to store.
             claimed.extend(e for e in entries if e is not None and e[1] is not None)
