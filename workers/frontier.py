@@ -35,6 +35,7 @@ from shiftdown.schema import (
 )
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
+from workers import results_stream
 from workers.app import TASK_FRONTIER, app
 from workers.frontier_client import OK, RETRYABLE, FrontierClient, FrontierResult
 from workers.store import (
@@ -106,7 +107,9 @@ def _record(document_id: int, run_id: int, result: FrontierResult, final: bool, 
         attempt = record_outcome(session, document_id, run_id, result, final, audit)
         if not result.declined:  # after "none of these" the whole taxonomy is asked next,
             release_lease(session, document_id)  # under the same lease
-        return attempt
+    if not audit and (result.status == OK or final):
+        results_stream.append([document_id], owed_only=True)
+    return attempt
 
 
 def attempts_made(session: Session, document_id: int) -> int:
@@ -155,23 +158,27 @@ def record_outcome(
             session,
             [teacher_row(run.task_name, doc.text, result.label, stage_source(stage), call.id)],
         )
-        if not audit:
-            move_documents(
-                session,
-                [document_id],
-                WAITING,
-                state=DocState.CLASSIFIED,
-                final_stage=Stage.FRONTIER,
-                error=None,
-            )
-    elif final and not audit:
-        move_documents(
+        if not audit and move_documents(
+            session,
+            [document_id],
+            WAITING,
+            state=DocState.CLASSIFIED,
+            final_stage=Stage.FRONTIER,
+            error=None,
+        ):
+            results_stream.owe(session, [(document_id, run_id)])
+    elif (
+        final
+        and not audit
+        and move_documents(
             session,
             [document_id],
             WAITING,
             state=DocState.FRONTIER_FAILED,
             error=result.error,
         )
+    ):
+        results_stream.owe(session, [(document_id, run_id)])
     return attempt
 
 

@@ -30,6 +30,7 @@ from shiftdown.errors import FatalError, RetryableError
 from shiftdown.schema import DocState, Document, ModelVersion, Prediction, Run, Stage, Task
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
+from workers import results_stream
 from workers.app import TASK_FRONTIER, TASK_SLM, app, dispatch
 from workers.store import PredictionRow, SlmOutcome, store_slm_outcomes
 
@@ -207,11 +208,14 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
 def process_batch(ids: list[int]) -> int:
     """Classify the still-queued documents among ``ids``; returns how many were handled."""
     work = _load(ids)
+    owed: list[int] = []
     if work:
         outcomes = _outcomes(work)
         with session_scope() as session:
-            store_slm_outcomes(session, outcomes)
-    # After the commit, so that the frontier task finds the state it expects.
+            owed = store_slm_outcomes(session, outcomes)
+    # After the commit, so that the frontier task finds the state it expects, and a
+    # consumer of the results stream reads only labels the store holds.
+    results_stream.append(owed)
     _send_follow_ups(ids)
     return len(work)
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from shiftdown.db import insert_or_skip
 from shiftdown.schema import DocState, Document, Prediction, Stage, TeacherExample, utcnow
+from workers.results_stream import owe
 
 
 @dataclass(frozen=True)
@@ -114,15 +115,22 @@ _PG_STORE_SLM = sql_text(
         updated_at = :now
     FROM r
     WHERE d.id = r.document_id AND d.state = :queued
+    RETURNING d.id, d.run_id, d.state
     """
 )
 
+# States that end a document's way through the cascade (shiftdown.results.FINAL).
+_FINAL = {DocState.CLASSIFIED.value, DocState.FAILED.value, DocState.FRONTIER_FAILED.value}
 
-def store_slm_outcomes(session: Session, outcomes: Sequence[SlmOutcome]) -> None:
+
+def store_slm_outcomes(session: Session, outcomes: Sequence[SlmOutcome]) -> list[int]:
     """Record the SLM stage's outcomes: each prediction once, and each document moved
-    out of ``queued`` only if it is still there (a repeated delivery changes nothing)."""
+    out of ``queued`` only if it is still there (a repeated delivery changes nothing).
+
+    Returns the documents this settled whose results are owed to the results stream
+    (none when it is off), for ``results_stream.append`` after the commit."""
     if not outcomes:
-        return
+        return []
     if session.get_bind().dialect.name == "postgresql":
         rows = [
             {
@@ -141,8 +149,8 @@ def store_slm_outcomes(session: Session, outcomes: Sequence[SlmOutcome]) -> None
             "now": utcnow(),
             "queued": DocState.QUEUED.value,
         }
-        session.execute(_PG_STORE_SLM, params)
-        return
+        moved = session.execute(_PG_STORE_SLM, params).all()
+        return owe(session, ((d, r) for d, r, state in moved if state in _FINAL))
     insert_predictions(session, [o.prediction for o in outcomes if o.prediction is not None])
     queued = [DocState.QUEUED]
     move_documents(
@@ -154,9 +162,13 @@ def store_slm_outcomes(session: Session, outcomes: Sequence[SlmOutcome]) -> None
             by_state.setdefault(o.state, []).append(o.document_id)
         else:
             move_documents(session, [o.document_id], queued, state=o.state, error=o.error)
+    settled: list[tuple[int, int]] = []
+    runs = {o.document_id: o.prediction.run_id for o in outcomes if o.prediction is not None}
     for state, ids in by_state.items():
         final = {"final_stage": Stage.SLM} if state == DocState.CLASSIFIED else {}
-        move_documents(session, ids, queued, state=state, **final)
+        if move_documents(session, ids, queued, state=state, **final) and state in _FINAL:
+            settled += [(i, runs[i]) for i in ids]
+    return owe(session, settled)
 
 
 def text_sha256(text: str) -> str:

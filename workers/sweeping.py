@@ -1,6 +1,7 @@
-"""Each worker's reconciliation sweep (``workers.reconcile.sweep``) and, in batch mode,
-its batch passes (``workers.batch``), started when the worker is ready and stopped when
-it shuts down, in the worker's main process."""
+"""Each worker's reconciliation sweep (``workers.reconcile.sweep``), its results-outbox
+sweep (``workers.results_stream``, with a results stream) and, in batch mode, its batch
+passes (``workers.batch``), started when the worker is ready and stopped when it shuts
+down, in the worker's main process."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 
 from shiftdown.settings import get_settings
+from workers import results_stream
 from workers.reconcile import Sweeper
 
 _sweepers: list[Sweeper] = []
@@ -22,6 +24,10 @@ def _start(**_: Any) -> None:
         return
     if s.reconcile_interval_s > 0:
         _sweepers.append(Sweeper(s.reconcile_interval_s).start())
+    if results_stream.enabled():
+        # Results a worker settled but could not append (Redis away, killed between
+        # its commit and its append) go from the outbox once SWEEP_AFTER_S old.
+        _sweepers.append(Sweeper(results_stream.SWEEP_AFTER_S, results_stream.sweep_outbox).start())
     if s.frontier_mode == "batch" and s.frontier_configured:
         from workers.batch import batch_pass
 
