@@ -21,6 +21,7 @@ from cli.models import models_group
 from cli.policy import policy
 from cli.reconcile import reconcile
 from cli.report import report
+from cli.results import results
 from cli.retrain import retrain
 from cli.run import run
 from cli.status import status, wait
@@ -43,6 +44,7 @@ for command in (
     ingest,
     close,
     report,
+    results,
     status,
     wait,
     metrics,

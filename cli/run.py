@@ -7,6 +7,7 @@ import click
 from cli.common import handle_errors
 from cli.options import SourceOptions, input_options
 from cli.report import print_report
+from cli.results import write_run_results
 from cli.submit import submit_source
 from workers.app import run_in_process
 
@@ -16,8 +17,14 @@ from workers.app import run_in_process
 @click.option(
     "--report-format", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write each document's label here (.csv: CSV, else JSONL).",
+)
 @handle_errors
-def run(src: SourceOptions, report_format: str) -> None:
+def run(src: SourceOptions, report_format: str, out: str | None) -> None:
     """Classify SOURCE end to end in this process and print the run's report.
 
     Same producer, tasks and store as the distributed setup, with no broker: the SLM
@@ -26,3 +33,6 @@ def run(src: SourceOptions, report_format: str) -> None:
     run_in_process()
     result = submit_source(src)
     print_report(result.run_id, report_format)
+    if out:
+        written = write_run_results(result.run_id, out)
+        click.echo(f"wrote {written} result(s) to {out}", err=True)
