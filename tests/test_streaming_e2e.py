@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 import migrations
+from bench.results_reader import ResultsReader
 from bench.services import RedisServer, have_binary
 from bench.tiny_model import write_tiny_gguf
 from cli.main import cli
@@ -35,35 +35,6 @@ pytestmark = [
 ]
 
 N = 5000
-
-
-class StreamConsumer:
-    """Reads the results stream from its start on a thread, riding out a restart."""
-
-    def __init__(self, url: str, key: str) -> None:
-        self.client = redis.Redis.from_url(url)
-        self.key = key
-        self.seen: list[int] = []
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        last = "0-0"
-        while not self.stopped.is_set():
-            try:
-                reply = self.client.xread({self.key: last}, count=1000, block=200)
-            except (redis.ConnectionError, redis.TimeoutError):
-                time.sleep(0.2)
-                continue
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    self.seen.append(int(fields[b"document_id"]))
-                    last = entry_id.decode()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(10)
 
 
 def _settled(run_id: int) -> int:
@@ -119,7 +90,7 @@ def test_every_label_reaches_both_ways_out_through_a_kill_and_a_redis_restart(
         return start_module(ingest_args, env, log)
 
     client = redis.Redis.from_url(server.url(0))
-    consumer = StreamConsumer(server.url(0), "results")
+    consumer = ResultsReader(server.url(0), "results")
     follower: subprocess.Popen[bytes] | None = None
     ingest = start_ingest()
     try:
