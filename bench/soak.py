@@ -22,8 +22,10 @@ Faults, each at least once per seed and in a seeded order, one at a time:
 Checks: every document has exactly one final label; no prediction is stored twice and
 no document has two successful frontier calls recorded; the frontier calls billed (the
 requests the stand-in received) equal those recorded, plus at most one per frontier
-process killed. The time from the
-end of the last fault to the last settled document is reported.
+process killed; every settled document's result reached the Redis results stream, read
+by a consumer throughout (less at most a few entries appended in the instant before each
+restart of Redis with nothing, which loses what it held). The time from the end of the
+last fault to the last settled document is reported.
 
     python -m bench.soak --seed 1 [--seeds 1 2 3 4 5] [--docs 5000] [--json]
 
@@ -50,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.results_reader import ResultsReader
 from bench.scripted_server import ScriptedServer
 from bench.services import RedisServer, free_port
 from bench.stack import ROOT, scratch_database, settings_from, start_worker, worker_env
@@ -90,7 +93,13 @@ WORKER_SETTINGS = {
     "SHIFTDOWN_PARALLEL": "8",
     "SHIFTDOWN_SLM_BATCH_SIZE": "32",
     "OPENAI_API_KEY": "sk-soak-0123456789",
+    # Every settled document's result appended to this Redis Stream (a reader checks).
+    "SHIFTDOWN_RESULTS_STREAM": "results",
 }
+# A Redis restarted with nothing loses the results stream's entries it held; a reader
+# that keeps up has taken all but those appended in the instant before the kill. At
+# most this many a restart may go missing; the outbox covers every other loss.
+MISSED_PER_EMPTY_RESTART = 5
 
 
 @dataclass(frozen=True)
@@ -337,6 +346,17 @@ def _sweeps(log: Path) -> dict[str, int]:
     return sent
 
 
+def _outbox() -> int:
+    """Results still owed to the results stream."""
+    from sqlalchemy import func, select
+
+    from shiftdown.db import session_scope
+    from shiftdown.schema import ResultOutbox
+
+    with session_scope() as s:
+        return int(s.scalar(select(func.count()).select_from(ResultOutbox)) or 0)
+
+
 def _state(run_ids: list[int]) -> dict[str, Any]:
     """What the store holds for the soak's runs (one read; direct, not through the proxy)."""
     from sqlalchemy import text
@@ -371,6 +391,15 @@ def _state(run_ids: list[int]) -> dict[str, Any]:
                 {"r": run_ids},
             ).all()
         )
+        final_ids = list(
+            s.scalars(
+                text(
+                    "SELECT id FROM documents WHERE run_id = ANY(:r) "
+                    "AND state IN ('classified', 'failed', 'frontier_failed')"
+                ),
+                {"r": run_ids},
+            )
+        )
         twice_ok = s.scalar(
             text(
                 "SELECT count(*) FROM (SELECT document_id FROM frontier_calls "
@@ -386,6 +415,7 @@ def _state(run_ids: list[int]) -> dict[str, Any]:
         "stages": {str(k): v for k, v in stages.items()},
         "calls": {str(k): v for k, v in calls.items()},
         "twice_ok": twice_ok,
+        "final_ids": final_ids,
     }
 
 
@@ -430,6 +460,7 @@ def soak(
         latency_s=(0.2, 1.0),
     ).start()
     redis = RedisServer(folder, free_port(), appendonly=True).start()
+    reader = ResultsReader(redis.url(0), WORKER_SETTINGS["SHIFTDOWN_RESULTS_STREAM"])
     try:
         with scratch_database() as (url, pg_port):
             proxy = TcpProxy(("127.0.0.1", pg_port)).start()
@@ -451,8 +482,10 @@ def soak(
                 result = _drive(run, schedule, model, taxonomy, texts, batches, window_s, settle_s)
             proxy.cut()
     finally:
+        reader.stop()
         redis.kill()
         frontier.stop()
+    _check_results_stream(result, set(reader.seen))
     result.update(seed=seed, log=str(folder / "workers.log"))
     if result["ok"]:
         shutil.rmtree(folder, ignore_errors=True)
@@ -492,6 +525,10 @@ def _drive(
                 break
             time.sleep(1.0)
         settled_at = time.monotonic()
+        # The results owed to the stream: appended by now, or soon by a worker's sweep.
+        appended_by = settled_at + 30
+        while _outbox() and time.monotonic() < appended_by and not run.workers.died():
+            time.sleep(1.0)
         died = run.workers.died()
         state = _state(produced)  # the figures, read once more whatever ended the wait
     finally:
@@ -538,6 +575,7 @@ def _figures(
         "faults": dict(Counter(i.fault.kind for i in run.done)),
         "fault_log": [{**asdict(i.fault), **asdict(i), "fault": str(i.fault)} for i in run.done],
         "lost": n - state.get("labelled", 0),
+        "final_ids": state.get("final_ids", []),
         "states": state.get("states", {}),
         "stages": state.get("stages", {}),
         "calls": state.get("calls", {}),
@@ -550,6 +588,15 @@ def _figures(
         "settle_after_last_fault_s": None if settle_s is None else round(settle_s, 1),
         "wall_s": round(settled_at - t0, 1),
     }
+
+
+def _check_results_stream(result: dict[str, Any], seen: set[int]) -> None:
+    """Add the results stream's figure and check to ``result``."""
+    missed = len(set(result.pop("final_ids")) - seen)
+    allowed = MISSED_PER_EMPTY_RESTART * result["faults"].get("redis-restart-empty", 0)
+    result["results_stream_missed"] = missed
+    result["checks"]["every settled document reached the results stream"] = missed <= allowed
+    result["ok"] = all(result["checks"].values())
 
 
 def _reference() -> dict[str, str]:
@@ -580,6 +627,7 @@ def print_result(result: dict[str, Any]) -> None:
         ("SLM predictions", result["stages"].get("slm", 0)),
         ("frontier predictions", result["stages"].get("frontier", 0)),
         ("billed / recorded calls", f"{result['billed']} / {result['recorded']}"),
+        ("results stream: settled not seen", result["results_stream_missed"]),
         ("frontier processes killed", result["frontier_processes_killed"]),
         ("last fault ended at", f"{result['faults_end_s']} s"),
         ("settled after last fault", f"{result['settle_after_last_fault_s']} s"),

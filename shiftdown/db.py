@@ -15,6 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from shiftdown.settings import get_settings
 
 _engines: dict[tuple[int, str], Engine] = {}
+# One session factory per engine: ``sessionmaker`` builds a Session subclass each time it
+# is called, garbage that only the cycle collector frees (an export of thousands of pages
+# grew by it).
+_factories: dict[Engine, sessionmaker[Session]] = {}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -47,12 +51,17 @@ def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose(close=False)
     _engines.clear()
+    _factories.clear()
 
 
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """A session committed on success and rolled back on error."""
-    session = sessionmaker(get_engine(url), expire_on_commit=False)()
+    engine = get_engine(url)
+    factory = _factories.get(engine)
+    if factory is None:
+        factory = _factories[engine] = sessionmaker(engine, expire_on_commit=False)
+    session = factory()
     try:
         yield session
         session.commit()

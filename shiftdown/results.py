@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from shiftdown.db import get_engine
+from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
 from shiftdown.schema import DocState, Document, FrontierCall, Prediction, Run
 
@@ -110,15 +109,6 @@ _UNSETTLED = (DocState.QUEUED, DocState.ESCALATED)
 PAGE_SIZE = 1000
 
 
-@contextmanager
-def _reader() -> Iterator[Session]:
-    # A plain Session, not session_scope's: that builds a sessionmaker, hence a new
-    # Session subclass, per call, which only the cycle collector frees; an export reads
-    # thousands of pages, each in its own short read transaction.
-    with Session(get_engine()) as session:
-        yield session
-
-
 def export_pages(run_id: int, page_size: int = PAGE_SIZE) -> Iterator[list[ResultRow]]:
     """The run's settled documents as it stands, page by page in id order.
 
@@ -127,7 +117,7 @@ def export_pages(run_id: int, page_size: int = PAGE_SIZE) -> Iterator[list[Resul
     back SQLite's checkpoints and Postgres's vacuum)."""
     after = 0
     while True:
-        with _reader() as session:
+        with session_scope() as session:
             page = results_page(session, run_id, after, page_size)
         if not page:
             return
@@ -192,7 +182,7 @@ def follow_results(
     printed: set[int] = set()  # ids at or above ``low`` already yielded
     wait_s = poll_s
     while True:
-        with _reader() as session:
+        with session_scope() as session:
             mark = _mark(session, run_id)
         # Every document below ``new_low`` was settled when the mark was taken, and a
         # final state is kept, so the scan below (from the old ``low``) sees them all.
@@ -203,7 +193,7 @@ def follow_results(
         fresh = 0
         after = low - 1
         while True:
-            with _reader() as session:
+            with session_scope() as session:
                 page = results_page(session, run_id, after, page_size)
             if not page:
                 break

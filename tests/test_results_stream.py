@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from shiftdown.db import session_scope
 from shiftdown.schema import DocState, Document, ResultOutbox, Stage
@@ -127,4 +127,12 @@ def test_the_full_stack_streams_each_settled_document_once(stack: Stack) -> None
     assert len(entries) == 48 and set(by_id) == set(stored)  # each once
     assert {e["stage"] for e in entries} == {stage for _, stage in stored.values()}
     assert all(by_id[i]["external_id"] == ext for i, (ext, _) in stored.items())
+    with session_scope() as session:
+        labels = dict(
+            session.execute(
+                text("SELECT document_id, label FROM document_labels WHERE run_id = :r"),
+                {"r": run_id},
+            ).all()
+        )
+    assert {int(i): e["label"] for i, e in by_id.items()} == labels  # the store's labels
     assert _outbox() == 0

@@ -53,6 +53,7 @@ from shiftdown.schema import (
 )
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
+from workers import results_stream
 from workers.frontier import (
     attempts_made,
     candidates_for,
@@ -268,6 +269,7 @@ def _record_line(batch: FrontierBatch, document_id: int, line: Line, latency_ms:
         )
         final = attempts_made(session, document_id) + 1 > s.frontier_task_retries
         record_outcome(session, document_id, run.id, result, final, batch_id=batch.id)
+    results_stream.append([document_id])  # a no-op unless that settled it
     return True
 
 

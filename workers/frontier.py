@@ -108,7 +108,7 @@ def _record(document_id: int, run_id: int, result: FrontierResult, final: bool, 
         if not result.declined:  # after "none of these" the whole taxonomy is asked next,
             release_lease(session, document_id)  # under the same lease
     if not audit and (result.status == OK or final):
-        results_stream.append([document_id], owed_only=True)
+        results_stream.append([document_id])
     return attempt
 
 

@@ -24,6 +24,8 @@ from datetime import timedelta
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
@@ -54,7 +56,12 @@ def _redis() -> redis.Redis:
     global _client
     url = get_settings().broker_url or ""
     if _client is None or _client[0] != os.getpid() or _client[1] != url:
-        _client = (os.getpid(), url, redis.Redis.from_url(url, socket_timeout=5))
+        # Short timeouts and one retry: an append waits on a Redis that does not answer
+        # for seconds at most, then leaves its results to the sweep.
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 1)
+        )
+        _client = (os.getpid(), url, client)
     return _client[2]
 
 
@@ -93,29 +100,26 @@ def _xadd(rows: Sequence[ResultRow]) -> None:
     pipe.execute()
 
 
-def append(document_ids: Sequence[int], owed_only: bool = False) -> int:
-    """After the commit that settled them: append the documents' results and delete
-    their outbox rows; returns how many were appended. With ``owed_only``, only those
-    of ``document_ids`` that have an outbox row (the caller does not know whether its
-    transaction settled them). Redis away is logged and left to the sweep, never raised
-    (the documents are settled whatever happens here)."""
+def append(document_ids: Sequence[int]) -> int:
+    """After the commit that settled them: append the results owed for those of
+    ``document_ids`` that have an outbox row, and delete the rows; returns how many
+    were appended. The rows are deleted first and the deletion committed only once the
+    append is done, so a sweep holding them (row locks) and this append never both
+    append one. Redis away is logged and left to the sweep, never raised (the
+    documents are settled whatever happens here)."""
     if not document_ids or not enabled():
         return 0
     try:
         with session_scope() as session:
-            if owed_only:
-                document_ids = list(
-                    session.scalars(
-                        select(ResultOutbox.document_id).where(
-                            ResultOutbox.document_id.in_(list(document_ids))
-                        )
-                    )
+            owed = list(
+                session.scalars(
+                    delete(ResultOutbox)
+                    .where(ResultOutbox.document_id.in_(list(document_ids)))
+                    .returning(ResultOutbox.document_id)
                 )
-            rows = results_for(session, document_ids)
-            _xadd(rows)
-            session.execute(
-                delete(ResultOutbox).where(ResultOutbox.document_id.in_(list(document_ids)))
             )
+            rows = results_for(session, owed)
+            _xadd(rows)
         return len(rows)
     except Exception as exc:  # the outbox keeps them for the sweep
         log.warning("appending %d results failed (%r); the sweep will", len(document_ids), exc)
@@ -139,6 +143,8 @@ def sweep_outbox() -> int:
                     .where(ResultOutbox.created_at <= utcnow() - timedelta(seconds=SWEEP_AFTER_S))
                     .order_by(ResultOutbox.id)
                     .limit(SWEEP_BATCH)
+                    # A worker appending these right now holds them: they are its.
+                    .with_for_update(skip_locked=True)
                 )
             )
             if not ids:

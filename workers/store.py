@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy import text as sql_text
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from shiftdown.db import insert_or_skip
@@ -153,6 +153,17 @@ def store_slm_outcomes(session: Session, outcomes: Sequence[SlmOutcome]) -> list
         return owe(session, ((d, r) for d, r, state in moved if state in _FINAL))
     insert_predictions(session, [o.prediction for o in outcomes if o.prediction is not None])
     queued = [DocState.QUEUED]
+    # What this transaction moves out of queued (a redelivery finds it moved already):
+    # the results it settles, owed to the stream.
+    query = select(Document.id, Document.run_id).where(
+        Document.id.in_([o.document_id for o in outcomes]), Document.state == DocState.QUEUED
+    )
+    still_queued = {doc_id: run_id for doc_id, run_id in session.execute(query)}
+    settled = [
+        (o.document_id, still_queued[o.document_id])
+        for o in outcomes
+        if o.document_id in still_queued and o.state.value in _FINAL
+    ]
     move_documents(
         session, [o.document_id for o in outcomes if o.truncated], queued, truncated=True
     )
@@ -162,12 +173,9 @@ def store_slm_outcomes(session: Session, outcomes: Sequence[SlmOutcome]) -> list
             by_state.setdefault(o.state, []).append(o.document_id)
         else:
             move_documents(session, [o.document_id], queued, state=o.state, error=o.error)
-    settled: list[tuple[int, int]] = []
-    runs = {o.document_id: o.prediction.run_id for o in outcomes if o.prediction is not None}
     for state, ids in by_state.items():
         final = {"final_stage": Stage.SLM} if state == DocState.CLASSIFIED else {}
-        if move_documents(session, ids, queued, state=state, **final) and state in _FINAL:
-            settled += [(i, runs[i]) for i in ids]
+        move_documents(session, ids, queued, state=state, **final)
     return owe(session, settled)
 
 
