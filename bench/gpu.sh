@@ -12,11 +12,13 @@
 # every step bounded by `timeout` and written as it ends, most important first:
 #   gpu-device.txt, gpu-dmon.txt   the GPU, and its utilisation sampled every second
 #   import-order.txt               a model loaded after importing the store, CPU and GPU
-#   adapter.json                   the demo model (base Q4_1 + LoRA adapter): limit and
-#                                  classify one at a time (1,024 documents), classify_many
-#                                  at 64, 255 and 128 per decode, and the whole pipeline
-#                                  (Redis and Postgres started here, threads pool)
-#   q8_0.json, q4_0.json           the demo model merged into the base, quantized here
+#   served.json                    the demo model as it is served (its adapter merged into
+#                                  Q8_0, made here without torch): limit and classify one
+#                                  at a time (1,024 documents), classify with base +
+#                                  adapter applied at run time, classify_many at 64, 255
+#                                  and 128 per decode, and the whole pipeline (Redis and
+#                                  Postgres started here, threads pool)
+#   q4_0.json                      the same merged into Q4_0, without the pipeline
 #   host_ceiling.json              the tiny random-weight model: classify_many and the
 #                                  whole pipeline with every layer offloaded
 #   build.log, steps.log
@@ -144,7 +146,7 @@ from models.classifier import Classifier, ModelSpec, RuntimeOptions
 gguf, adapter, manifest = models.registry.load_model_dir(Path('$model'))
 labels = tuple(manifest.labels or ())
 clf = Classifier(ModelSpec(str(gguf), labels, str(adapter), manifest), RuntimeOptions(n_gpu_layers=$layers))
-print('n_gpu_layers=$layers: loaded after the store, classified as', clf.classify('my card has not arrived').label)
+print('n_gpu_layers=$layers: loaded after the store, classified as', clf.classify('my card has not arrived').label, 'by', clf.served_path)
 " >>"$OUT/import-order.txt" 2>&1
   echo "n_gpu_layers=$layers: exit $?" >>"$OUT/import-order.txt"
 done
@@ -152,32 +154,16 @@ log "import order checked: $(grep -c 'exit 0' "$OUT/import-order.txt") of 2 load
 
 services() { timeout "$1" "$PY" -m bench.services run -- "${@:2}"; }
 # In order of what matters most, should the call's time run out: the demo model and its
-# pipeline, the merged models, then the host ceiling.
-log "demo model, base + adapter"
-services 240 "$PY" -m bench.throughput --model "$model" --gpu-layers "$LAYERS" --threads 8 \
-  --docs "$DOCS" --single-docs 1024 --naive-docs 0 --parallel 64,255,128 --task-size 128 \
-  --pool threads --worker-threads 8 --json >"$OUT/adapter.json" 2>>"$OUT/steps.log"
-log "merging the adapter into the base (q8_0, q4_0)"
-if timeout 150 "$PY" -c "
-from pathlib import Path
-from models.gguf_export import merge_model_dir
-print(merge_model_dir(Path('$model')))" >>"$OUT/steps.log" 2>&1; then
-  for kind in q8_0 q4_0; do
-    rm -rf "$STASH/model-$kind" && cp -r "$model" "$STASH/model-$kind"
-    "$PY" -c "
-import json, sys
-path = sys.argv[1] + '/manifest.json'
-manifest = json.load(open(path))
-manifest['serve'] = sys.argv[2]
-json.dump(manifest, open(path, 'w'))" "$STASH/model-$kind" "$kind"
-    log "demo model, merged $kind"
-    timeout 90 "$PY" -m bench.throughput --model "$STASH/model-$kind" --gpu-layers "$LAYERS" \
-      --threads 8 --docs "$DOCS" --single-docs 1024 --naive-docs 0 --parallel 128,255 \
-      --no-pipeline --json >"$OUT/$kind.json" 2>>"$OUT/steps.log"
-  done
-else
-  log "merge failed: see steps.log"
-fi
+# pipeline, the smaller merged type, then the host ceiling.
+log "demo model, served merged (SHIFTDOWN_SERVE_TYPE=q8_0) against base + adapter"
+SHIFTDOWN_SERVE_TYPE=q8_0 services 300 "$PY" -m bench.throughput --model "$model" \
+  --gpu-layers "$LAYERS" --threads 8 --docs "$DOCS" --single-docs 1024 --naive-docs 0 \
+  --parallel 64,255,128 --task-size 128 --pool threads --worker-threads 8 --json \
+  >"$OUT/served.json" 2>>"$OUT/steps.log"
+log "demo model, served merged q4_0"
+SHIFTDOWN_SERVE_TYPE=q4_0 timeout 90 "$PY" -m bench.throughput --model "$model" \
+  --gpu-layers "$LAYERS" --threads 8 --docs "$DOCS" --single-docs 1024 --naive-docs 0 \
+  --parallel 128,255 --no-pipeline --no-adapter-line --json >"$OUT/q4_0.json" 2>>"$OUT/steps.log"
 log "host ceiling (tiny model, every layer on the GPU)"
 services 150 "$PY" -m bench.host_ceiling --gpu-layers "$LAYERS" --docs "$HOST_DOCS" --parallel 128 \
   --task-size 128 --threads 8 --width 64 --tokenizer-from "$model/$base" --json \

@@ -8,7 +8,11 @@
              the generated text and its probability from ``logprobs`` (which needs
              ``logits_all=True``); ``naive_text_only`` drops the probability;
 3. classify  the SLM worker's classify function alone (tokenizing, one forward pass,
-             the distribution over every label); ``--parallel N`` adds
+             the distribution over every label), on the model as it is served
+             (``--serve-type``, default ``SHIFTDOWN_SERVE_TYPE``: a model directory's
+             adapter merged into one GGUF); for a model with an adapter,
+             ``classify_adapter`` is the same with the base + adapter applied at run
+             time, each with its accuracy on the same documents; ``--parallel N`` adds
              ``classify_many`` with N documents per decode, in tasks of ``--task-size``;
 4. pipeline  producer → Redis → a Celery SLM worker → Postgres, from the first enqueue
              to the last committed prediction (``--pool threads``: one model shared by
@@ -20,7 +24,7 @@ Needs Redis and Postgres for line 4 (``--no-pipeline`` skips it).
 
     python -m bench.throughput --docs 300 [--model demo/banking77-lora] [--scale]
         [--parallel N[,N...]] [--task-size 32] [--pool threads] [--naive-docs N]
-        [--gpu-layers -1] [--json]
+        [--gpu-layers -1] [--serve-type q8_0] [--no-adapter-line] [--json]
 
 ``bench/gpu.sh`` builds llama-cpp-python with CUDA and runs this on a GPU, the pipeline
 included; ``bench/host_ceiling.py`` runs lines 3 and 4 on a tiny model.
@@ -38,11 +42,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.queries import banking_queries
+from bench.queries import banking_labelled
 from bench.stack import ROOT
 from bench.table import print_lines
 from models.classifier import Classifier, ModelSpec, RuntimeOptions
 from models.registry import load_model_dir
+from shiftdown.settings import SERVE_TYPES, get_settings
 
 
 def stats(latencies_ms: list[float], wall_s: float) -> dict[str, float]:
@@ -110,14 +115,22 @@ def line_naive(
     return stats(latencies, time.perf_counter() - start)
 
 
-def line_classify(clf: Classifier, texts: list[str]) -> dict[str, float]:
+def line_classify(
+    clf: Classifier, texts: list[str], gold: list[str] | None = None
+) -> dict[str, float]:
+    """classify one document at a time, and its accuracy against ``gold`` when given."""
     latencies = []
+    predicted = []
     start = time.perf_counter()
     for text in texts:
         t0 = time.perf_counter()
-        clf.classify(text)
+        predicted.append(clf.classify(text).label)
         latencies.append((time.perf_counter() - t0) * 1000)
-    return stats(latencies, time.perf_counter() - start)
+    line = stats(latencies, time.perf_counter() - start)
+    if gold is not None:
+        hits = sum(p == g for p, g in zip(predicted, gold, strict=True))
+        line["accuracy"] = round(hits / len(texts), 4)
+    return line
 
 
 def line_classify_many(clf: Classifier, texts: list[str], per_task: int) -> dict[str, float]:
@@ -155,6 +168,7 @@ def line_pipeline(
         SHIFTDOWN_N_THREADS=str(per_process),
         SHIFTDOWN_N_GPU_LAYERS=str(options.n_gpu_layers),
         SHIFTDOWN_PARALLEL=str(options.parallel),
+        SHIFTDOWN_SERVE_TYPE=options.serve_type,
         SHIFTDOWN_SLM_BATCH_SIZE=str(task_size),
         SHIFTDOWN_TASK="bench",
     ) as env:
@@ -243,15 +257,30 @@ def main() -> None:
     )
     parser.add_argument("--worker-threads", type=int, default=8)
     parser.add_argument("--gpu-layers", type=int, default=0, help="-1: offload every layer.")
+    parser.add_argument(
+        "--serve-type",
+        choices=SERVE_TYPES,
+        default=get_settings().serve_type,
+        help="Form a model with an adapter is served in (default: SHIFTDOWN_SERVE_TYPE).",
+    )
+    parser.add_argument(
+        "--no-adapter-line",
+        action="store_true",
+        help="Skip classify_adapter, the base + adapter applied at run time.",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     taxonomy = ROOT / "demo" / "banking77" / "categories.json"
-    texts = banking_queries(args.docs)
+    labelled = banking_labelled(args.docs)
+    texts = [text for text, _ in labelled]
+    gold = [label for _, label in labelled]
     labels = tuple(json.loads(taxonomy.read_text()))
     gguf, adapter, manifest = load_model_dir(Path(args.model))
     spec = ModelSpec(str(gguf), labels, str(adapter) if adapter else None, manifest)
-    options = RuntimeOptions(n_threads=args.threads, n_gpu_layers=args.gpu_layers)
+    options = RuntimeOptions(
+        n_threads=args.threads, n_gpu_layers=args.gpu_layers, serve_type=args.serve_type
+    )
     clf = Classifier(spec, options)
     clf.classify(texts[0])  # warm caches
 
@@ -268,7 +297,13 @@ def main() -> None:
     if naive:
         record("naive", line_naive(spec, clf, naive, options, confidence=True))
         record("naive_text_only", line_naive(spec, clf, naive, options, confidence=False))
-    record("classify", line_classify(clf, single))
+    n_single = len(single)
+    record("classify", line_classify(clf, single, gold[:n_single]))
+    if adapter is not None and args.serve_type != "adapter" and not args.no_adapter_line:
+        as_trained = Classifier(spec, replace(options, serve_type="adapter"))
+        as_trained.classify(texts[0])
+        record("classify_adapter", line_classify(as_trained, single, gold[:n_single]))
+        del as_trained
     for parallel in (n for n in args.parallel if n > 1):
         del clf
         options = replace(options, parallel=parallel)
@@ -300,10 +335,20 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     print(
-        f"{args.docs} BANKING77 test queries, model {args.model}, "
-        f"{args.threads} threads, {os.cpu_count()} cores"
+        f"{args.docs} BANKING77 test queries, model {args.model} (served as "
+        f"{args.serve_type if adapter else 'it is'}), {args.threads} threads, "
+        f"{os.cpu_count()} cores"
     )
     print_lines(results, "ratio_to_limit", "limit")
+    for name, line in results.items():
+        if "accuracy" in line:
+            print(f"{name} accuracy: {line['accuracy']:.1%}")
+    if "classify_adapter" in results:
+        served, as_trained = results["classify"], results["classify_adapter"]
+        print(
+            f"served {args.serve_type} / base + adapter: "
+            f"{served['docs_per_s'] / as_trained['docs_per_s']:.2f} x"
+        )
     if "naive" in results:
         print(f"classify / naive: {results['classify']['ratio_to_naive']:.2f} x")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -26,6 +27,22 @@ def ensure_schema() -> None:
         migrations.upgrade(url)
     elif not migrations.is_current(url):
         raise click.ClickException("the database schema is not current: run `shiftdown db upgrade`")
+
+
+def make_served(gguf_path: str, adapter_path: str | None) -> None:
+    """Make now the merged GGUF a model with an adapter is served as, so no worker waits.
+
+    Says where it is; a model with no adapter, or served as one, needs nothing.
+    """
+    from models.served import served_files
+
+    serve_type = get_settings().serve_type
+    if adapter_path is None or serve_type == "adapter":
+        return
+    started = time.perf_counter()
+    path, _ = served_files(gguf_path, adapter_path, serve_type)
+    took = time.perf_counter() - started
+    click.echo(f"served as {serve_type}: {path} ({took:.1f} s)", err=True)
 
 
 def handle_errors(func: F) -> F:

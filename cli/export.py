@@ -1,30 +1,60 @@
-"""``shiftdown export``: merge a model directory's LoRA adapter into merged GGUFs."""
+"""``shiftdown export``: merge a model directory's LoRA adapter into GGUFs of chosen types."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
 from cli.common import handle_errors
 from shiftdown.manifest import ModelManifest
+from shiftdown.settings import SERVE_TYPES
+
+MERGED_TYPES = [t for t in SERVE_TYPES if t != "adapter"]
 
 
 @click.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
+    "--type",
+    "kinds",
+    type=click.Choice(MERGED_TYPES),
+    multiple=True,
+    help="llama.cpp type to write (repeatable; default: f16, q8_0 and q4_0).",
+)
+@click.option(
     "--serve",
-    type=click.Choice(["adapter", "f16", "q8_0", "q4_0"]),
+    type=click.Choice(MERGED_TYPES),
     default=None,
-    help="Also make this what `--model DIR` serves.",
+    help="Pin `--model DIR` to serve this exported file, whatever SHIFTDOWN_SERVE_TYPE says.",
 )
 @handle_errors
-def export(model_dir: Path, serve: str | None) -> None:
-    """Write MODEL_DIR/model-{f16,q8_0,q4_0}.gguf from its base + adapter (needs [train])."""
-    from models.gguf_export import merge_model_dir
+def export(model_dir: Path, kinds: tuple[str, ...], serve: str | None) -> None:
+    """Write MODEL_DIR/model-<type>.gguf: its base + adapter merged (no torch needed).
 
-    files = merge_model_dir(model_dir)
+    The workers make and cache the form they serve on their own (SHIFTDOWN_SERVE_TYPE);
+    export is for files to ship elsewhere, or to pin what a model directory serves.
+    """
+    from models.merge import merge
+    from models.registry import load_model_dir
+
+    base, adapter, _ = load_model_dir(model_dir, as_trained=True)
+    if adapter is None:
+        raise click.ClickException(f"{model_dir} serves no adapter to merge")
+    wanted = list(kinds) or ["f16", "q8_0", "q4_0"]
+    if serve is not None and serve not in wanted:
+        wanted.append(serve)
+    files = {}
+    for kind in wanted:
+        files[kind] = f"model-{kind}.gguf"
+        started = time.perf_counter()
+        merge(base, adapter, model_dir / files[kind], kind)
+        took = time.perf_counter() - started
+        click.echo(f"{kind}: {model_dir / files[kind]} ({took:.1f} s)")
     manifest_path = model_dir / "manifest.json"
-    manifest = ModelManifest.load(manifest_path).updated(merged=files, serve=serve)
+    manifest = ModelManifest.load(manifest_path)
+    manifest = manifest.updated(
+        merged={**(manifest.merged or {}), **files}, serve=serve or manifest.serve
+    )
     manifest.write(manifest_path)
-    click.echo(", ".join(f"{kind}: {model_dir / name}" for kind, name in files.items()))

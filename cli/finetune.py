@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from cli.common import handle_errors
+from cli.common import handle_errors, make_served
 from cli.progress import progress_bar
 from models.base import default_gguf_path
+from models.registry import load_model_dir
 from models.teacher import read_labelled
 from shiftdown.taxonomy import Taxonomy
 
@@ -62,7 +63,8 @@ from shiftdown.taxonomy import Taxonomy
     "--merged/--no-merged",
     default=True,
     show_default=True,
-    help="Also export merged F16, Q8_0 and Q4_0 GGUFs.",
+    help="Also make the merged GGUF the adapter is served as (SHIFTDOWN_SERVE_TYPE), so "
+    "that no worker pays for the merge.",
 )
 @handle_errors
 def finetune(
@@ -84,8 +86,9 @@ def finetune(
 ) -> None:
     """Fine-tune the base SLM on labelled examples (needs `pip install shiftdown[train]`).
 
-    Writes OUT/manifest.json with the LoRA adapter (adapter.gguf) and/or merged GGUFs
-    (model-f16.gguf, model-q8_0.gguf, model-q4_0.gguf), ready for `--model OUT`.
+    Writes OUT/manifest.json with the LoRA adapter (adapter.gguf), ready for `--model OUT`
+    and served merged (OUT/.served/), or with --full the model's own GGUFs
+    (model-f16.gguf, model-q8_0.gguf, model-q4_0.gguf).
     """
     from models.finetune import FinetuneConfig, stratified_split
     from models.finetune import finetune as train
@@ -103,7 +106,6 @@ def finetune(
         batch_size=batch_size,
         seed=seed,
         full=full,
-        merged=merged,
     )
     click.echo(f"training on {len(train_set)} examples, {len(valid_set)} held out", err=True)
     with progress_bar("fine-tuning", total=None) as advance:
@@ -125,3 +127,6 @@ def finetune(
             heldout=valid_set,
         )
     click.echo(f"wrote {out_dir} ({manifest.train_seconds} s of training)")
+    if merged and manifest.adapter:
+        base, adapter, _ = load_model_dir(out_dir)
+        make_served(str(base), str(adapter) if adapter else None)

@@ -10,7 +10,7 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cli.common import ensure_schema, handle_errors
+from cli.common import ensure_schema, handle_errors, make_served
 from cli.options import task_option
 from models.registry import (
     find_version,
@@ -106,6 +106,8 @@ def register_model(model: str, task_name: str | None) -> None:
         task = _task(session, task_name)
         v = resolve_model(session, task, model, get_settings().model_path)
         click.echo(f"registered v{v.version}")
+        files = (v.gguf_path, v.adapter_path)
+    make_served(*files)
 
 
 @models_group.command("promote")

@@ -28,9 +28,10 @@ from models.coding import (
     PromptTemplate,
     Vocab,
 )
+from models.served import served_files
 from shiftdown.errors import ModelError
 from shiftdown.manifest import ModelManifest
-from shiftdown.settings import Settings
+from shiftdown.settings import DEFAULT_SERVE_TYPE, Settings
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class RuntimeOptions:
     # parallel document, at least n_batch).
     decode_tokens: int | None = None
     flash_attn: bool = True
+    # A model with a LoRA adapter is served merged into this type, or as trained
+    # ("adapter"); see models.served.
+    serve_type: str = DEFAULT_SERVE_TYPE
 
     @property
     def decode_budget(self) -> int:
@@ -68,6 +72,7 @@ class RuntimeOptions:
             parallel=s.parallel,
             decode_tokens=s.decode_tokens,
             flash_attn=s.flash_attn,
+            serve_type=s.serve_type,
         )
 
 
@@ -141,9 +146,16 @@ class Classifier:
         if not Path(spec.gguf_path).is_file():
             raise ModelError(f"model file not found: {spec.gguf_path}")
         try:
+            # The merge, on a first load, takes seconds; every later load finds its file.
+            self.served_path, adapter = served_files(
+                spec.gguf_path, spec.adapter_path, options.serve_type, options.n_threads or 0
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"could not serve {spec.adapter_path} merged: {exc}") from exc
+        try:
             self._llm = Llama(
-                model_path=spec.gguf_path,
-                lora_path=spec.adapter_path,
+                model_path=self.served_path,
+                lora_path=adapter,
                 n_ctx=options.n_ctx,
                 n_threads=options.n_threads,
                 n_threads_batch=options.n_threads,
@@ -153,7 +165,7 @@ class Classifier:
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"llama.cpp could not load {spec.gguf_path}: {exc}") from exc
+            raise ModelError(f"llama.cpp could not load {self.served_path}: {exc}") from exc
         self.spec = spec
         self.labels = list(spec.labels)
         self.options = options

@@ -42,7 +42,6 @@ class FinetuneConfig:
     max_doc_tokens: int = 64
     seed: int = 0
     full: bool = False  # full fine-tune instead of LoRA
-    merged: bool = True  # also export merged F16 + Q8_0 + Q4_0 GGUFs
 
 
 def stratified_split(
@@ -66,9 +65,11 @@ def stratified_split(
 
 
 def export(model: Any, base_gguf: Path, out_dir: Path, config: FinetuneConfig) -> dict[str, Any]:
-    """Write the adapter (LoRA) and the merged GGUFs; returns the manifest's file entries."""
-    from models.gguf_export import export_gguf, quantize
+    """Write the adapter (LoRA) or the full model's GGUFs; returns the manifest's file entries.
 
+    A LoRA model is served merged (``models.served``), made from the adapter without
+    torch; a full fine-tune has no adapter, so its own weights are exported here.
+    """
     files: dict[str, Any] = {}
     cfg = model.config
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -78,18 +79,18 @@ def export(model: Any, base_gguf: Path, out_dir: Path, config: FinetuneConfig) -
             out_dir / "adapter.gguf", gguf_lora_tensors(state, heads, kv_heads), config.lora_alpha
         )
         files["adapter"] = "adapter.gguf"
-        files["serve"] = "adapter"
-    if config.merged or config.full:
-        merged = model if config.full else model.merge_and_unload()
-        f16 = out_dir / "model-f16.gguf"
-        export_gguf(base_gguf, merged.state_dict(), f16, heads, kv_heads)
-        files["merged"] = {"f16": f16.name}
-        for kind in ("q8_0", "q4_0"):
-            target = out_dir / f"model-{kind}.gguf"
-            quantize(f16, target, kind)
-            files["merged"][kind] = target.name
-        if config.full:
-            files["serve"] = "q8_0"
+        return files
+    from models.gguf_export import export_gguf
+    from models.merge import quantize
+
+    f16 = out_dir / "model-f16.gguf"
+    export_gguf(base_gguf, model.state_dict(), f16, heads, kv_heads)
+    files["merged"] = {"f16": f16.name}
+    for kind in ("q8_0", "q4_0"):
+        target = out_dir / f"model-{kind}.gguf"
+        quantize(f16, target, kind)
+        files["merged"][kind] = target.name
+    files["serve"] = "q8_0"
     return files
 
 

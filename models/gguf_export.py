@@ -1,5 +1,5 @@
-"""Export a (fine-tuned, merged) Hugging Face llama-family model as a GGUF that
-llama.cpp loads, and quantize it with llama.cpp's own quantizer.
+"""Export a fully fine-tuned Hugging Face llama-family model as a GGUF that llama.cpp
+loads (``models.merge.quantize`` then makes its quantized types).
 
 The architecture and tokenizer are unchanged by fine-tuning, so every metadata field is
 copied from the base GGUF and only the tensors are replaced (query and key rows permuted
@@ -15,9 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.gguf_adapter import permute_rows
-
-# llama.cpp file types (enum llama_ftype) by name.
-QUANT_TYPES = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_1": 3, "q4_k_m": 15}
+from models.merge import FILE_TYPES
 
 _BLOCK = {
     "attn_norm": "input_layernorm",
@@ -63,7 +61,7 @@ def export_gguf(
             writer.add_key_value(key, value, vtype, sub_type=field.types[-1])
         else:
             writer.add_key_value(key, value, vtype)
-    writer.add_file_type(QUANT_TYPES["f16"])
+    writer.add_file_type(FILE_TYPES["f16"])
     for tensor in reader.tensors:
         array: npt.NDArray[np.float32] = state[hf_name(tensor.name)].detach().float().cpu().numpy()
         if tensor.name.endswith("attn_q.weight"):
@@ -77,45 +75,3 @@ def export_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-
-
-def quantize(source: Path, out: Path, kind: str) -> None:
-    """Quantize a GGUF with llama.cpp (``kind`` from ``QUANT_TYPES``)."""
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_TYPES[kind]
-    code = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params)
-    if code != 0:
-        raise RuntimeError(f"llama.cpp could not quantize {source} to {kind} (code {code})")
-
-
-def merge_model_dir(model_dir: Path, kinds: tuple[str, ...] = ("q8_0", "q4_0")) -> dict[str, str]:
-    """Merge a model directory's LoRA adapter into its base and export F16 + ``kinds``.
-
-    Written beside the manifest as ``model-<kind>.gguf``; returns kind → file name. Serving
-    a merged model skips the adapter's extra matrix products on every token.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from models.gguf_adapter import read_adapter
-    from models.registry import load_model_dir
-
-    base, adapter, _ = load_model_dir(model_dir)
-    if adapter is None:
-        raise ValueError(f"{model_dir} has no adapter to merge")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(base.parent), gguf_file=base.name, dtype=torch.float32
-    )
-    heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
-    deltas, alpha = read_adapter(adapter, heads, kv_heads)
-    state = model.state_dict()
-    for name, (a, b) in deltas.items():
-        state[name] = state[name] + torch.from_numpy(b @ a) * (alpha / a.shape[0])
-    files = {"f16": "model-f16.gguf"}
-    export_gguf(base, state, model_dir / files["f16"], heads, kv_heads)
-    for kind in kinds:
-        files[kind] = f"model-{kind}.gguf"
-        quantize(model_dir / files["f16"], model_dir / files[kind], kind)
-    return files

@@ -98,7 +98,7 @@ def train_candidate(
             train_set,
             tax.names,
             out_dir,
-            FinetuneConfig(epochs=opts.epochs, merged=False),
+            FinetuneConfig(epochs=opts.epochs),
             lambda step, total, loss: advance(1),
             heldout=valid_set,
         )

@@ -91,13 +91,15 @@ def register(
     return version
 
 
-def load_model_dir(path: Path) -> tuple[Path, Path | None, ModelManifest]:
+def load_model_dir(path: Path, as_trained: bool = False) -> tuple[Path, Path | None, ModelManifest]:
     """(GGUF, adapter, manifest) of a model directory made by ``shiftdown finetune``.
 
-    The manifest's ``serve`` entry picks what is loaded: ``adapter`` (the base GGUF plus
-    the LoRA adapter) or a merged quantization (``q8_0``, ``q4_0``, ``f16``). The base is
-    looked up beside the manifest, then as the bundled default model; its SHA-256 must
-    match the one the adapter was trained on.
+    The base GGUF and the LoRA adapter, which workers serve merged into
+    ``SHIFTDOWN_SERVE_TYPE`` (``models.served``), unless the manifest's ``serve`` entry
+    pins one of the directory's own exported files (``shiftdown export --serve``, or a
+    full fine-tune); ``as_trained`` ignores that pin. The base is looked up beside the
+    manifest, then as the bundled default model; its SHA-256 must match the one the
+    adapter was trained on.
     """
     manifest_path = path / "manifest.json" if path.is_dir() else path
     manifest = ModelManifest.load(manifest_path)
@@ -107,7 +109,7 @@ def load_model_dir(path: Path) -> tuple[Path, Path | None, ModelManifest]:
     if manifest.heldout is not None:
         manifest.heldout.path = str((folder / manifest.heldout.file).resolve())
     serve = manifest.serve or "adapter"
-    if serve != "adapter":
+    if serve != "adapter" and (not as_trained or not manifest.adapter):
         merged = folder / (manifest.merged or {}).get(serve, f"model-{serve}.gguf")
         if not merged.is_file():
             raise ModelError(f"{merged} ({serve}) of {manifest_path} not found")

@@ -66,12 +66,15 @@ def test_documents_cannot_inject_control_tokens(clf: Classifier) -> None:
 def test_documents_decoded_together_get_the_distributions_they_get_alone(
     labels: tuple[str, ...], banking: list[dict[str, str]], flash_attn: bool
 ) -> None:
-    # The demo adapter too: the batched context must carry the LoRA weights.
+    # The demo adapter as trained (applied at run time, not merged): the batched context
+    # must carry the LoRA weights.
     from models.registry import load_model_dir
 
     gguf, adapter, manifest = load_model_dir(Path("demo/banking77-lora"))
     spec = ModelSpec(str(gguf), labels, str(adapter), manifest)
-    options = RuntimeOptions(n_ctx=1024, n_threads=2, n_batch=256, flash_attn=flash_attn)
+    options = RuntimeOptions(
+        n_ctx=1024, n_threads=2, n_batch=256, flash_attn=flash_attn, serve_type="adapter"
+    )
     single = Classifier(spec, options)
     batched = Classifier(spec, replace(options, parallel=8))
     # 20 queries (three decodes of up to 8), one past the decode's token budget (alone),

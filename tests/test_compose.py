@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shiftdown.settings import SERVE_TYPES
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(
     shutil.which("docker-compose") is None, reason="docker-compose not installed"
@@ -61,6 +63,12 @@ def test_compose_file_is_valid_and_wires_the_stack() -> None:
         assert (
             services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         )
+    for name in ("slm-worker", "slm-worker-gpu"):
+        # Every SLM worker serves the same merged form, from one cache they share.
+        env = services[name]["environment"]
+        assert env["SHIFTDOWN_SERVE_TYPE"] in SERVE_TYPES
+        targets = {v["target"] for v in services[name]["volumes"]}
+        assert env["XDG_CACHE_HOME"] in targets
     gpu = services["slm-worker-gpu"]
     assert gpu["environment"]["SHIFTDOWN_N_GPU_LAYERS"] == "-1"
     # One model, several tasks in flight sharing its decodes; within llama.cpp's limit.

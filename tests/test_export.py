@@ -14,7 +14,8 @@ transformers = pytest.importorskip("transformers")
 from llama_cpp import Llama  # noqa: E402
 
 from models.base import default_gguf_path  # noqa: E402
-from models.gguf_export import export_gguf, quantize  # noqa: E402
+from models.gguf_export import export_gguf  # noqa: E402
+from models.merge import quantize  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 

@@ -16,7 +16,9 @@ from cli.main import cli
 from models.base import default_gguf_path
 from models.classifier import Classifier, ModelSpec, RuntimeOptions
 from models.registry import load_model_dir
+from models.served import find_merged
 from shiftdown.manifest import ModelManifest
+from shiftdown.settings import DEFAULT_SERVE_TYPE
 from shiftdown.taxonomy import Taxonomy
 from tests.conftest import LABELS
 from tests.helpers import final_labels
@@ -30,16 +32,19 @@ def test_tiny_task_is_learned_and_served_by_llama_cpp(tiny: dict[str, object]) -
     assert manifest.labels == LABELS and len(set(manifest.label_codes or [])) == 4
     assert manifest.teacher_set and manifest.teacher_set.examples == len(tiny["train"])  # type: ignore[arg-type]
     spec = spec_for_dir(base, adapter, manifest)
-    clf = Classifier(spec, RuntimeOptions(n_ctx=512, n_threads=2))
+    clf = Classifier(spec, RuntimeOptions(n_ctx=512, n_threads=2, serve_type="adapter"))
     held_out: list[tuple[str, str]] = tiny["held_out"]  # type: ignore[assignment]
     correct = sum(clf.classify(text).label == label for text, label in held_out)
     accuracy = correct / len(held_out)
     assert len(held_out) >= 40 and accuracy >= 0.9, accuracy
 
-    # The merged export, quantized to Q8_0 by llama.cpp, has learned the task as well.
-    merged = Path(tiny["dir"]) / (manifest.merged or {})["q8_0"]  # type: ignore[arg-type]
-    q8 = Classifier(spec_for_dir(merged, None, manifest), RuntimeOptions(n_ctx=512, n_threads=2))
-    assert sum(q8.classify(t).label == lbl for t, lbl in held_out) / len(held_out) >= 0.9
+    # finetune made the merged form it is served in (Q8_0 by default, no torch), and a
+    # Classifier given the model loads that file: it has learned the task as well.
+    merged = find_merged(base, adapter, DEFAULT_SERVE_TYPE)
+    assert merged is not None and merged.parent == Path(tiny["dir"]) / ".served"  # type: ignore[operator]
+    served = Classifier(spec, RuntimeOptions(n_ctx=512, n_threads=2))
+    assert served.served_path == str(merged)
+    assert sum(served.classify(t).label == lbl for t, lbl in held_out) / len(held_out) >= 0.9
 
     # Without the adapter the same base model is far worse: the adapter carries the task.
     bare = Classifier(spec_for_dir(base, None, manifest), RuntimeOptions(n_ctx=512, n_threads=2))

@@ -1,0 +1,110 @@
+"""The form a fine-tuned model is served in: merged into one GGUF (the default) or its
+base plus the LoRA adapter, as trained.
+
+A merged model is made once per (base, adapter, type) and cached under a name derived
+from both files' contents, first in the model's own folder (``.served/``), else in the
+user's cache. Every worker that starts finds it there; workers starting together take a
+file lock, so one merges and the others wait for its file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from models.merge import FILE_TYPES, merge
+from shiftdown.settings import SERVE_TYPES
+
+# Part of every cached file's key: raise it when the merge's output changes, so that an
+# older merge is never served for a newer one.
+MERGE_FORMAT = 1
+
+_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) for the process's life."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hashes:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]
+
+
+def merged_file_name(base: Path, adapter: Path, kind: str) -> str:
+    """The cache name of base + adapter merged into ``kind``: it changes with either file."""
+    key = f"{MERGE_FORMAT}:{content_hash(base)}:{content_hash(adapter)}:{kind}"
+    return f"merged-{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.gguf"
+
+
+def user_cache() -> Path:
+    """shiftdown's folder in the user's cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "shiftdown"
+
+
+def cache_folders(adapter: Path) -> list[Path]:
+    """Where merged models are looked for, in order: beside the adapter, then the user's."""
+    return [adapter.resolve().parent / ".served", user_cache() / "served"]
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def find_merged(base: Path, adapter: Path, kind: str) -> Path | None:
+    """The cached merge of base + adapter into ``kind``, or None when there is none yet."""
+    name = merged_file_name(base, adapter, kind)
+    for folder in cache_folders(adapter):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def merged_model(base: Path, adapter: Path, kind: str, threads: int = 0) -> Path:
+    """base + adapter merged into ``kind``: the cached file, made first if there is none."""
+    found = find_merged(base, adapter, kind)
+    if found is not None:
+        return found
+    folder = next((f for f in cache_folders(adapter) if _writable(f)), None)
+    if folder is None:
+        raise OSError(f"no writable folder for a merged model: {cache_folders(adapter)}")
+    target = folder / merged_file_name(base, adapter, kind)
+    with _locked(target.with_name(target.name + ".lock")):
+        # Another process may have made it while this one waited for the lock.
+        if not target.is_file():
+            merge(base, adapter, target, kind, threads)
+    return target
+
+
+def served_files(
+    gguf_path: str, adapter_path: str | None, serve_type: str, threads: int = 0
+) -> tuple[str, str | None]:
+    """(GGUF, adapter) to load for a model version in the ``serve_type`` form."""
+    if adapter_path is None or serve_type == "adapter":
+        return gguf_path, adapter_path
+    if serve_type not in FILE_TYPES:
+        raise ValueError(f"unknown serve type {serve_type!r}: one of {', '.join(SERVE_TYPES)}")
+    return str(merged_model(Path(gguf_path), Path(adapter_path), serve_type, threads)), None
