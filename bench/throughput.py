@@ -86,8 +86,8 @@ def line_naive(
     from llama_cpp import Llama
 
     llm = Llama(
-        model_path=spec.gguf_path,
-        lora_path=spec.adapter_path,
+        model_path=clf.served_path,
+        lora_path=clf.served_adapter,
         n_ctx=2048,
         n_threads=options.n_threads,
         n_gpu_layers=options.n_gpu_layers,

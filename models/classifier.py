@@ -147,7 +147,7 @@ class Classifier:
             raise ModelError(f"model file not found: {spec.gguf_path}")
         try:
             # The merge, on a first load, takes seconds; every later load finds its file.
-            self.served_path, adapter = served_files(
+            self.served_path, self.served_adapter = served_files(
                 spec.gguf_path, spec.adapter_path, options.serve_type, options.n_threads or 0
             )
         except (OSError, ValueError, RuntimeError) as exc:
@@ -155,7 +155,7 @@ class Classifier:
         try:
             self._llm = Llama(
                 model_path=self.served_path,
-                lora_path=adapter,
+                lora_path=self.served_adapter,
                 n_ctx=options.n_ctx,
                 n_threads=options.n_threads,
                 n_threads_batch=options.n_threads,

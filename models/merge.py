@@ -24,6 +24,8 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
+logger = logging.getLogger(__name__)
+
 # llama.cpp file types (enum llama_ftype) by the name `SHIFTDOWN_SERVE_TYPE` and
 # `export --type` take. Q4_1 is here for the record of its defect (README, Served forms).
 FILE_TYPES = {
@@ -178,6 +180,19 @@ def quantize(source: Path, out: Path, kind: str, threads: int = 0) -> None:
         raise RuntimeError(f"llama.cpp could not quantize {source} to {kind} (code {code})")
 
 
+def same_grid(base: Path, adapter: Path, kind: str) -> list[str]:
+    """The adapted tensors that ``base`` already stores in ``kind``'s own block type.
+
+    Quantizing base + a small update back onto the base's own grid rounds much of the
+    update back to the base's values (README, Served forms: Q4_1 onto the Q4_1 base kept
+    63 % of the demo adapter's update, and 66.8 % accuracy against 91.4 %).
+    """
+    import gguf
+
+    stored = {t.name: t.tensor_type.name.lower() for t in gguf.GGUFReader(str(base)).tensors}
+    return sorted(name for name in read_lora(adapter) if stored.get(name) == kind)
+
+
 def merge(base: Path, adapter: Path, out: Path, kind: str, threads: int = 0) -> None:
     """Base + adapter as one GGUF of type ``kind`` at ``out``, written atomically.
 
@@ -187,6 +202,15 @@ def merge(base: Path, adapter: Path, out: Path, kind: str, threads: int = 0) -> 
     """
     if kind not in FILE_TYPES:
         raise ValueError(f"unknown type {kind!r}: one of {', '.join(FILE_TYPES)}")
+    clash = same_grid(base, adapter, kind) if kind != "f16" else []
+    if clash:
+        logger.warning(
+            "%s stores %d of the adapted tensors in %s already: quantizing the merge back "
+            "onto that grid rounds much of the adapter's update away; serve another type",
+            base.name,
+            len(clash),
+            kind,
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".merge-") as scratch:
         f16 = Path(scratch) / "merged-f16.gguf"

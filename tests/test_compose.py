@@ -67,7 +67,11 @@ def test_compose_file_is_valid_and_wires_the_stack() -> None:
         # Every SLM worker serves the same merged form, from one cache they share.
         env = services[name]["environment"]
         assert env["SHIFTDOWN_SERVE_TYPE"] in SERVE_TYPES
-        targets = {v["target"] for v in services[name]["volumes"]}
+        # docker-compose v1 writes "source:target:mode", v2 a mapping.
+        targets = {
+            v["target"] if isinstance(v, dict) else v.split(":")[1]
+            for v in services[name]["volumes"]
+        }
         assert env["XDG_CACHE_HOME"] in targets
     gpu = services["slm-worker-gpu"]
     assert gpu["environment"]["SHIFTDOWN_N_GPU_LAYERS"] == "-1"
