@@ -79,7 +79,7 @@ from models.teacher import read_labelled
 from shiftdown.costs import DEFAULT_PRICES, cost_usd
 from shiftdown.manifest import ModelManifest
 from shiftdown.prompts import narrowed
-from shiftdown.settings import Settings
+from shiftdown.settings import Settings, get_settings
 from shiftdown.taxonomy import Taxonomy
 from workers.frontier_client import OK, FrontierClient, FrontierResult
 
@@ -761,7 +761,10 @@ def main() -> None:
     args = parse_args()
     taxonomy = Taxonomy.from_file(args.taxonomy)
     options = RuntimeOptions(
-        n_threads=args.threads, n_gpu_layers=args.gpu_layers, parallel=args.parallel
+        n_threads=args.threads,
+        n_gpu_layers=args.gpu_layers,
+        parallel=args.parallel,
+        serve_type=get_settings().serve_type,
     )
     clf, gguf = load_classifier(Path(args.model), tuple(taxonomy.names), options)
     heldout_path = heldout_file(clf.spec.manifest, args.heldout)

@@ -25,9 +25,10 @@ MERGED_TYPES = [t for t in SERVE_TYPES if t != "adapter"]
 )
 @click.option(
     "--serve",
-    type=click.Choice(MERGED_TYPES),
+    type=click.Choice(SERVE_TYPES),
     default=None,
-    help="Pin `--model DIR` to serve this exported file, whatever SHIFTDOWN_SERVE_TYPE says.",
+    help="Pin `--model DIR` to serve this exported file, whatever SHIFTDOWN_SERVE_TYPE "
+    "says; `adapter` removes the pin.",
 )
 @handle_errors
 def export(model_dir: Path, kinds: tuple[str, ...], serve: str | None) -> None:
@@ -43,7 +44,7 @@ def export(model_dir: Path, kinds: tuple[str, ...], serve: str | None) -> None:
     if adapter is None:
         raise click.ClickException(f"{model_dir} serves no adapter to merge")
     wanted = list(kinds) or ["f16", "q8_0", "q4_0"]
-    if serve is not None and serve not in wanted:
+    if serve not in (None, "adapter") and serve not in wanted:
         wanted.append(serve)
     files = {}
     for kind in wanted:
@@ -54,7 +55,6 @@ def export(model_dir: Path, kinds: tuple[str, ...], serve: str | None) -> None:
         click.echo(f"{kind}: {model_dir / files[kind]} ({took:.1f} s)")
     manifest_path = model_dir / "manifest.json"
     manifest = ModelManifest.load(manifest_path)
-    manifest = manifest.updated(
-        merged={**(manifest.merged or {}), **files}, serve=serve or manifest.serve
-    )
+    pin = manifest.serve if serve is None else (None if serve == "adapter" else serve)
+    manifest = manifest.updated(merged={**(manifest.merged or {}), **files}, serve=pin)
     manifest.write(manifest_path)

@@ -9,7 +9,6 @@ import click
 from cli.common import handle_errors, make_served
 from cli.progress import progress_bar
 from models.base import default_gguf_path
-from models.registry import load_model_dir
 from models.teacher import read_labelled
 from shiftdown.taxonomy import Taxonomy
 
@@ -128,5 +127,4 @@ def finetune(
         )
     click.echo(f"wrote {out_dir} ({manifest.train_seconds} s of training)")
     if merged and manifest.adapter:
-        base, adapter, _ = load_model_dir(out_dir)
-        make_served(str(base), str(adapter) if adapter else None)
+        make_served(str(base_path or default_gguf_path()), str(out_dir / manifest.adapter))

@@ -121,6 +121,9 @@ def merge_to_f16(base: Path, adapter: Path | None, out: Path, scale: float = 1.0
         else:
             writer.add_key_value(key, field.contents(), field.types[0])
     writer.add_file_type(FILE_TYPES["f16"])
+    if "general.alignment" in reader.fields:
+        # Written by the copy above; the writer must also pad to it.
+        writer.data_alignment = int(reader.fields["general.alignment"].contents())
     plan: list[tuple[Any, np.dtype[Any] | None]] = []
     for tensor in reader.tensors:
         shape = [int(n) for n in reversed(tensor.shape)]
@@ -151,7 +154,13 @@ def merge_to_f16(base: Path, adapter: Path | None, out: Path, scale: float = 1.0
             continue
         array = _float_array(tensor)
         if tensor.name in pairs:
-            array = array + pairs[tensor.name].delta()
+            delta = pairs[tensor.name].delta()
+            if delta.shape != array.shape:
+                # llama.cpp stores an embedding's pair transposed; not merged here.
+                raise ValueError(
+                    f"{adapter}: update of {tensor.name} is {delta.shape}, the tensor {array.shape}"
+                )
+            array = array + delta
         writer.write_tensor_data(np.ascontiguousarray(array.astype(dtype)))
     writer.close()
     return len(pairs)
@@ -190,7 +199,9 @@ def same_grid(base: Path, adapter: Path, kind: str) -> list[str]:
     import gguf
 
     stored = {t.name: t.tensor_type.name.lower() for t in gguf.GGUFReader(str(base)).tensors}
-    return sorted(name for name in read_lora(adapter) if stored.get(name) == kind)
+    # A k-quant mix (q4_k_m) quantizes most matrices to its block type (q4_k).
+    block = kind.removesuffix("_m").removesuffix("_s")
+    return sorted(name for name in read_lora(adapter) if stored.get(name) == block)
 
 
 def merge(base: Path, adapter: Path, out: Path, kind: str, threads: int = 0) -> None:
@@ -212,7 +223,9 @@ def merge(base: Path, adapter: Path, out: Path, kind: str, threads: int = 0) -> 
             kind,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".merge-") as scratch:
+    # Named after the target, so that the served cache can clear what a killed merge
+    # left behind (models.served).
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".merge-{out.name}-") as scratch:
         f16 = Path(scratch) / "merged-f16.gguf"
         merge_to_f16(base, adapter, f16)
         if kind == "f16":

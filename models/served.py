@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +96,10 @@ def merged_model(base: Path, adapter: Path, kind: str, threads: int = 0) -> Path
     with _locked(target.with_name(target.name + ".lock")):
         # Another process may have made it while this one waited for the lock.
         if not target.is_file():
+            # Holding the lock, no merge of this target runs: scratch folders named
+            # after it are a killed merge's (each the size of the model in F16).
+            for stale in folder.glob(f".merge-{target.name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             merge(base, adapter, target, kind, threads)
     return target
 

@@ -125,8 +125,13 @@ def test_the_served_form_is_merged_once_and_found_again(tmp_path: Path) -> None:
     assert served_files(str(base), str(adapter), "adapter") == (str(base), str(adapter))
     assert served_files(str(base), None, "q8_0") == (str(base), None)
 
+    # What a merge killed mid-way leaves behind is cleared by the next one.
+    stale = tmp_path / "model" / ".served" / f".merge-{merged_file_name(base, adapter, 'q8_0')}-x"
+    stale.mkdir(parents=True)
+    (stale / "merged-f16.gguf").write_bytes(b"half a model")
     path, none = served_files(str(base), str(adapter), "q8_0")
     assert none is None and Path(path).parent == tmp_path / "model" / ".served"
+    assert not stale.exists()
     made = Path(path).stat().st_mtime_ns
     assert served_files(str(base), str(adapter), "q8_0")[0] == path
     assert Path(path).stat().st_mtime_ns == made
@@ -142,11 +147,13 @@ def test_workers_starting_together_merge_once(tmp_path: Path) -> None:
     log = tmp_path / "merges.log"
     # Each process counts the merges it runs, and reports the file it would serve.
     script = (
-        "import sys\n"
+        "import time\n"
         "import models.served as served\n"
         "real = served.merge\n"
         "def counted(*args, **kwargs):\n"
         f"    open({str(log)!r}, 'a').write('merge\\n')\n"
+        # Long enough that the three overlap: without the lock each would merge.
+        "    time.sleep(2)\n"
         "    real(*args, **kwargs)\n"
         "served.merge = counted\n"
         f"print(served.served_files({str(base)!r}, {str(adapter)!r}, 'q4_0')[0])\n"
@@ -227,6 +234,9 @@ def test_register_makes_the_served_form_and_export_pins_a_type(
     # Pinned: the directory now serves its own export; as trained it is base + adapter.
     assert load_model_dir(model)[:2] == (model / "model-q4_0.gguf", None)
     assert load_model_dir(model, as_trained=True)[:2] == (base, adapter)
+    done = runner.invoke(cli, ["export", str(model), "--type", "q4_0", "--serve", "adapter"])
+    assert done.exit_code == 0, done.output
+    assert load_model_dir(model)[:2] == (base, adapter)
 
 
 def test_a_merge_onto_the_bases_own_grid_is_flagged() -> None:
