@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, TypeVar
 import click
 
 import migrations
-from shiftdown.errors import ModelError, ShiftdownError
+from shiftdown.errors import ShiftdownError
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
 
@@ -40,10 +40,7 @@ def make_served(gguf_path: str, adapter_path: str | None) -> None:
     if adapter_path is None or serve_type == "adapter":
         return
     started = time.perf_counter()
-    try:
-        path, _ = served_files(gguf_path, adapter_path, serve_type)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"could not merge {adapter_path} into {serve_type}: {exc}") from exc
+    path, _ = served_files(gguf_path, adapter_path, serve_type)
     took = time.perf_counter() - started
     click.echo(f"served as {serve_type}: {path} ({took:.1f} s)", err=True)
 

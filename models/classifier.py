@@ -145,13 +145,10 @@ class Classifier:
         check_parallel(options.parallel)
         if not Path(spec.gguf_path).is_file():
             raise ModelError(f"model file not found: {spec.gguf_path}")
-        try:
-            # The merge, on a first load, takes seconds; every later load finds its file.
-            self.served_path, self.served_adapter = served_files(
-                spec.gguf_path, spec.adapter_path, options.serve_type, options.n_threads or 0
-            )
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"could not serve {spec.adapter_path} merged: {exc}") from exc
+        # The merge, on a first load, takes seconds; every later load finds its file.
+        self.served_path, self.served_adapter = served_files(
+            spec.gguf_path, spec.adapter_path, options.serve_type, options.n_threads or 0
+        )
         try:
             self._llm = Llama(
                 model_path=self.served_path,

@@ -11,14 +11,21 @@ from pathlib import Path
 from shiftdown.errors import ModelError
 from shiftdown.manifest import HeldoutRef, ModelManifest
 
+_hashes: dict[tuple[str, int, int], str] = {}
+
 
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex SHA-256 of a file, read in chunks; remembered per (path, size, mtime) for the
+    process's life, since the base is checked and then named by its hash on each load."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hashes:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]
 
 
 def teacher_hash(examples: Sequence[tuple[str, str]]) -> str:

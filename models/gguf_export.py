@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.gguf_adapter import permute_rows
-from models.merge import FILE_TYPES
+from models.merge import f16_writer_like
 
 _BLOCK = {
     "attn_norm": "input_layernorm",
@@ -50,18 +50,7 @@ def export_gguf(
     import gguf
 
     reader = gguf.GGUFReader(str(base_gguf))
-    arch = str(reader.fields["general.architecture"].contents())
-    writer = gguf.GGUFWriter(str(out), arch)
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
-            continue
-        value = field.contents()
-        vtype = field.types[0]
-        if vtype == gguf.GGUFValueType.ARRAY:
-            writer.add_key_value(key, value, vtype, sub_type=field.types[-1])
-        else:
-            writer.add_key_value(key, value, vtype)
-    writer.add_file_type(FILE_TYPES["f16"])
+    writer = f16_writer_like(reader, out)
     for tensor in reader.tensors:
         array: npt.NDArray[np.float32] = state[hf_name(tensor.name)].detach().float().cpu().numpy()
         if tensor.name.endswith("attn_q.weight"):

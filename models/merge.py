@@ -95,6 +95,24 @@ def _can_dequantize(qtype: Any) -> bool:
     return qtype in float_types or qtype in gguf.quants._type_traits
 
 
+def f16_writer_like(reader: Any, out: Path) -> Any:
+    """A GGUF writer for ``out`` holding every metadata field of ``reader``'s model, its
+    file type F16: the architecture and tokenizer of a model whose tensors change."""
+    import gguf
+
+    arch = str(reader.fields["general.architecture"].contents())
+    writer = gguf.GGUFWriter(str(out), arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
+            continue
+        if field.types[0] == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(key, field.contents(), field.types[0], sub_type=field.types[-1])
+        else:
+            writer.add_key_value(key, field.contents(), field.types[0])
+    writer.add_file_type(FILE_TYPES["f16"])
+    return writer
+
+
 def merge_to_f16(base: Path, adapter: Path | None, out: Path, scale: float = 1.0) -> int:
     """Write base + adapter as one GGUF at ``out`` (F16 matrices); returns tensors merged.
 
@@ -111,16 +129,7 @@ def merge_to_f16(base: Path, adapter: Path | None, out: Path, scale: float = 1.0
     missing = sorted(set(pairs) - {t.name for t in reader.tensors})
     if missing:
         raise ValueError(f"{adapter} updates tensors {base} does not have: {missing[:3]}")
-    arch = str(reader.fields["general.architecture"].contents())
-    writer = gguf.GGUFWriter(str(out), arch)
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
-            continue
-        if field.types[0] == gguf.GGUFValueType.ARRAY:
-            writer.add_key_value(key, field.contents(), field.types[0], sub_type=field.types[-1])
-        else:
-            writer.add_key_value(key, field.contents(), field.types[0])
-    writer.add_file_type(FILE_TYPES["f16"])
+    writer = f16_writer_like(reader, out)
     if "general.alignment" in reader.fields:
         # Written by the copy above; the writer must also pad to it.
         writer.data_alignment = int(reader.fields["general.alignment"].contents())

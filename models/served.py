@@ -17,32 +17,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from models.finetune_manifest import file_sha256
 from models.merge import FILE_TYPES, merge
+from shiftdown.errors import ModelError
 from shiftdown.settings import SERVE_TYPES
 
 # Part of every cached file's key: raise it when the merge's output changes, so that an
 # older merge is never served for a newer one.
 MERGE_FORMAT = 1
 
-_hashes: dict[tuple[str, int, int], str] = {}
-
-
-def content_hash(path: Path) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) for the process's life."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _hashes:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _hashes[key] = digest.hexdigest()
-    return _hashes[key]
-
 
 def merged_file_name(base: Path, adapter: Path, kind: str) -> str:
     """The cache name of base + adapter merged into ``kind``: it changes with either file."""
-    key = f"{MERGE_FORMAT}:{content_hash(base)}:{content_hash(adapter)}:{kind}"
+    key = f"{MERGE_FORMAT}:{file_sha256(base)}:{file_sha256(adapter)}:{kind}"
     return f"merged-{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.gguf"
 
 
@@ -107,9 +94,17 @@ def merged_model(base: Path, adapter: Path, kind: str, threads: int = 0) -> Path
 def served_files(
     gguf_path: str, adapter_path: str | None, serve_type: str, threads: int = 0
 ) -> tuple[str, str | None]:
-    """(GGUF, adapter) to load for a model version in the ``serve_type`` form."""
+    """(GGUF, adapter) to load for a model version in the ``serve_type`` form.
+
+    A merge that cannot be made (no writable folder, an adapter that does not fit the
+    base, llama.cpp refusing the type) is a ModelError.
+    """
     if adapter_path is None or serve_type == "adapter":
         return gguf_path, adapter_path
     if serve_type not in FILE_TYPES:
-        raise ValueError(f"unknown serve type {serve_type!r}: one of {', '.join(SERVE_TYPES)}")
-    return str(merged_model(Path(gguf_path), Path(adapter_path), serve_type, threads)), None
+        raise ModelError(f"unknown serve type {serve_type!r}: one of {', '.join(SERVE_TYPES)}")
+    try:
+        merged = merged_model(Path(gguf_path), Path(adapter_path), serve_type, threads)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"could not merge {adapter_path} into {serve_type}: {exc}") from exc
+    return str(merged), None
