@@ -78,7 +78,7 @@ def line_limit(clf: Classifier, texts: list[str]) -> dict[str, float]:
 
 
 def line_naive(
-    spec: ModelSpec, clf: Classifier, texts: list[str], options: RuntimeOptions, confidence: bool
+    clf: Classifier, texts: list[str], options: RuntimeOptions, confidence: bool
 ) -> dict[str, float]:
     """One ``create_completion`` per document, the label read back from its text; with
     ``confidence``, also its probability from ``logprobs`` (which needs ``logits_all``),
@@ -295,8 +295,8 @@ def main() -> None:
     record("limit", line_limit(clf, single))
     naive = texts[: args.naive_docs] if args.naive_docs is not None else texts
     if naive:
-        record("naive", line_naive(spec, clf, naive, options, confidence=True))
-        record("naive_text_only", line_naive(spec, clf, naive, options, confidence=False))
+        record("naive", line_naive(clf, naive, options, confidence=True))
+        record("naive_text_only", line_naive(clf, naive, options, confidence=False))
     n_single = len(single)
     record("classify", line_classify(clf, single, gold[:n_single]))
     if adapter is not None and args.serve_type != "adapter" and not args.no_adapter_line:
