@@ -119,7 +119,7 @@ def finetune(
         manifest = train(
             base_path or default_gguf_path(),
             train_set,
-            tax.names,
+            tax.outcomes,
             out_dir,
             config,
             on_step,

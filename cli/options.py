@@ -26,6 +26,13 @@ taxonomy_option = click.option(
     default=None,
     help="Label file (JSON/YAML); needed when the task is new.",
 )
+open_set_option = click.option(
+    "--open-set/--closed-set",
+    "open_set",
+    default=None,
+    help="Let documents end as none of the labels (open set), or not (default: as the "
+    "taxonomy file or the task says).",
+)
 
 
 def model_option(
@@ -46,6 +53,7 @@ class SourceOptions:
 
     source: str
     taxonomy: str | None
+    open_set: bool | None
     task_name: str | None
     model_ref: str | None
     fmt: Format
@@ -66,6 +74,7 @@ def input_options(func: F) -> F:
     decorators = [
         click.argument("source", type=click.Path(dir_okay=False, allow_dash=True)),
         taxonomy_option,
+        open_set_option,
         task_option,
         model_option("GGUF path, model directory or version (default: the task's promoted model)."),
         click.option(

@@ -46,6 +46,7 @@ def _pct(x: float | None) -> str:
 
 
 def _outcome_row(table: Table, name: str, o: Outcome, threshold: str) -> None:
+    none = [_pct(o.none_recall), _pct(o.none_precision)] if len(table.columns) > 6 else []
     table.add_row(
         name,
         threshold,
@@ -53,12 +54,16 @@ def _outcome_row(table: Table, name: str, o: Outcome, threshold: str) -> None:
         _pct(o.kept_accuracy),
         _pct(o.overall_accuracy),
         f"${o.usd_per_1k:.4f}",
+        *none,
     )
 
 
-def _outcome_table(title: str) -> Table:
+def _outcome_table(title: str, open_set: bool = False) -> Table:
     table = Table(title=title)
-    for column in ("policy", "threshold", "escalated", "kept accuracy", "overall", "$ / 1k docs"):
+    columns = ["policy", "threshold", "escalated", "kept accuracy", "overall", "$ / 1k docs"]
+    if open_set:  # recall: none documents ending none; precision: of the kept none answers
+        columns += ["none recall", "none precision"]
+    for column in columns:
         table.add_column(column, justify="left" if column == "policy" else "right")
     return table
 
@@ -103,11 +108,15 @@ def set_policy(
     econ, basis = escalation_economics(scored.task_name, scored.mean_chars, frontier_accuracy)
     sc = scored.scores
     conf, predicted, correct = sc.confidence(scored.temperature), sc.predicted, sc.correct
+    nones = scored.nones
     fitted = {
-        per: fit_policy(conf, predicted, correct, target, econ, per, scored.temperature)
+        per: fit_policy(conf, predicted, correct, target, econ, per, scored.temperature, nones)
         for per in (False, True)
     }
-    checked = {per: cross_checked(conf, predicted, correct, target, econ, per) for per in fitted}
+    checked = {
+        per: cross_checked(conf, predicted, correct, target, econ, per, nones=nones)
+        for per in fitted
+    }
     chosen_policy = fitted[per_label]
     if candidate_recall:
         chosen_policy.fit_candidates(sc.logits, sc.gold, predicted, conf, candidate_recall)
@@ -128,13 +137,15 @@ def set_policy(
         )
     table = _outcome_table(
         f"{scored.name}: {target.describe()} on {len(correct)} held-out "
-        f"(${econ.usd_per_escalation:.6f} per escalation, {basis})"
+        f"(${econ.usd_per_escalation:.6f} per escalation, {basis})",
+        scored.open_set,
     )
     for per in (False, True):
         name = "per-label" if per else "global"
         p = fitted[per]
-        shown = f"{p.threshold:.4f}" + (f" ({len(p.per_label)} own)" if per else "")
-        on_fit = outcome(p.escalate(predicted, conf), correct, econ)
+        own = len(p.per_label)
+        shown = f"{p.threshold:.4f}" + (f" ({own} own)" if own else "")
+        on_fit = outcome(p.escalate(predicted, conf), correct, econ, nones)
         _outcome_row(table, f"{name} (fit)", on_fit, shown)
         _outcome_row(table, f"{name} (2-fold)", checked[per], "")
     Console().print(table)
@@ -175,7 +186,7 @@ def curve_command(
     scored = score_version(held, progress_bar)
     econ, basis = escalation_economics(scored.task_name, scored.mean_chars, frontier_accuracy)
     sc = scored.scores
-    points = curve(sc.confidence(scored.temperature), sc.correct, econ)
+    points = curve(sc.confidence(scored.temperature), sc.correct, econ, nones=scored.nones)
     if as_json:
         click.echo(
             json.dumps([{"threshold": round(t, 6), **o.as_dict()} for t, o in points], indent=2)
@@ -184,7 +195,8 @@ def curve_command(
         table = _outcome_table(
             f"{scored.name} on {len(sc.correct)} held-out (frontier accuracy "
             f"{100 * frontier_accuracy:.0f} %, ${econ.usd_per_escalation:.6f} per escalation, "
-            f"{basis})"
+            f"{basis})",
+            scored.open_set,
         )
         for threshold, o in points:
             _outcome_row(table, "", o, f"{threshold:.4f}")

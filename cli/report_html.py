@@ -46,7 +46,12 @@ def headline(data: RunReport) -> str:
     cf, spent = data.counterfactual, data.frontier.usd
     parts = [
         f"{data.documents:,} documents from {html.escape(input_name(data.source))}; "
-        f"{format_pct(data.escalation_rate)} escalated to the frontier."
+        f"{format_pct(data.escalation_rate)} escalated to the frontier"
+        + (
+            f"; {format_pct(data.none_rate)} fit none of the labels."
+            if data.none is not None
+            else "."
+        )
     ]
     if cf.saving_pct is not None:
         parts.append(

@@ -76,6 +76,11 @@ def summary_rows(data: RunReport) -> list[tuple[str, str]]:
         *((f"  state {k}", fmt(v)) for k, v in sorted(data.states.items())),
         (f"escalated (policy, global threshold {data.threshold})", fmt(data.escalated)),
         ("escalation rate", format_pct(data.escalation_rate)),
+        *(
+            [("none of the labels (open set)", f"{fmt(data.none)} ({format_pct(data.none_rate)})")]
+            if data.none is not None
+            else []
+        ),
         ("elapsed", fmt(data.elapsed_s, " s")),
         ("throughput", fmt(data.docs_per_s, " docs/s")),
     ]

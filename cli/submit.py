@@ -43,7 +43,9 @@ def submit_source(src: SourceOptions) -> SubmitResult:
 
     ensure_schema()
     task_name = src.task_name or get_settings().task
-    run_id, queue = create_run(task_name, load_taxonomy(src.taxonomy), src.model_ref, src.source)
+    run_id, queue = create_run(
+        task_name, load_taxonomy(src.taxonomy), src.model_ref, src.source, src.open_set
+    )
     preload_model(run_id)
     click.echo(f"run {run_id}", err=True)
     with open_source(src.source) as stream:
@@ -76,7 +78,7 @@ def follow_source(src: SourceOptions) -> SubmitResult:
     if state is None or queue is None:
         task_name = src.task_name or get_settings().task
         taxonomy = load_taxonomy(src.taxonomy)
-        run_id, queue = create_run(task_name, taxonomy, src.model_ref, str(path))
+        run_id, queue = create_run(task_name, taxonomy, src.model_ref, str(path), src.open_set)
         state = FollowState(run_id=run_id, inode=0, offset=0, line_no=0)
         state.save(path)
     preload_model(state.run_id)

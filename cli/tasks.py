@@ -8,7 +8,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from cli.common import ensure_schema, handle_errors, load_taxonomy
-from cli.options import taxonomy_option
+from cli.options import open_set_option, taxonomy_option
 from models.registry import ensure_task
 from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
@@ -39,7 +39,7 @@ def list_tasks() -> None:
             )
             table.add_row(
                 task.name,
-                str(len(task.taxonomy)),
+                f"{len(task.taxonomy)}{' + none' if task.open_set else ''}",
                 f"{task.threshold:g}",
                 task.queue or get_settings().slm_queue,
                 f"v{version.version}" if version else "-",
@@ -51,10 +51,17 @@ def list_tasks() -> None:
 @tasks.command("set")
 @click.argument("name")
 @taxonomy_option
+@open_set_option
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None)
 @click.option("--queue", default=None, help="SLM queue of this task (pin workers with -Q QUEUE).")
 @handle_errors
-def set_task(name: str, taxonomy: str | None, threshold: float | None, queue: str | None) -> None:
+def set_task(
+    name: str,
+    taxonomy: str | None,
+    open_set: bool | None,
+    threshold: float | None,
+    queue: str | None,
+) -> None:
     """Create task NAME or change it; new runs use the new values."""
     ensure_schema()
     s = get_settings()
@@ -64,6 +71,7 @@ def set_task(name: str, taxonomy: str | None, threshold: float | None, queue: st
             name,
             load_taxonomy(taxonomy),
             threshold if threshold is not None else s.threshold,
+            open_set,
         )
         if threshold is not None:
             task.threshold = threshold
@@ -71,4 +79,7 @@ def set_task(name: str, taxonomy: str | None, threshold: float | None, queue: st
             if not queue.strip():
                 raise ConfigError("a queue name cannot be empty")
             task.queue = queue
-    click.echo(f"task {name}: threshold {task.threshold:g}, queue {task.queue or s.slm_queue}")
+    kind = "open set" if task.open_set else "closed set"
+    click.echo(
+        f"task {name}: {kind}, threshold {task.threshold:g}, queue {task.queue or s.slm_queue}"
+    )

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from models.candidates import DEFAULT_TARGET_RECALL, CandidateRule, choose_candidates
 from shiftdown.errors import ConfigError
 from shiftdown.manifest import ModelManifest
+from shiftdown.taxonomy import NONE_LABEL
 
 KEPT_ACCURACY = "kept_accuracy"
 MAX_ESCALATION = "max_escalation"
@@ -37,6 +38,8 @@ BOUND_Z = 1.6448536269514722
 
 Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
+# Open set: which documents the SLM called none, and which are none in truth.
+NoneMasks = tuple[Bools, Bools]
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,19 @@ class Outcome:
     kept_accuracy: float | None
     overall_accuracy: float
     usd_per_1k: float
+    # Open set only: the share of none documents that end as none (the SLM's kept none
+    # answers, and escalated ones at the frontier's accuracy), and the precision of the
+    # SLM's kept none answers.
+    none_recall: float | None = None
+    none_precision: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Rounded figures for JSON and manifests."""
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        """Rounded figures for JSON and manifests (a closed set's without the none ones)."""
+        return {
+            k: (round(v, 6) if isinstance(v, float) else v)
+            for k, v in asdict(self).items()
+            if v is not None or not k.startswith("none_")
+        }
 
 
 @dataclass
@@ -159,18 +171,41 @@ def offered_k(policy: Policy | None, override: int | None = None) -> int:
     return policy.candidates.k if policy and policy.candidates else 0
 
 
-def outcome(escalate: Bools, correct: Bools, econ: Economics) -> Outcome:
-    """Escalation rate, kept and overall accuracy and spend of one escalation decision."""
+def _none_figures(
+    escalate: Bools, nones: NoneMasks | None, econ: Economics
+) -> tuple[float | None, float | None]:
+    if nones is None:
+        return None, None
+    predicted, gold = nones
+    kept_none = ~escalate & predicted
+    found = int((kept_none & gold).sum())
+    recall = (
+        (found + econ.frontier_accuracy * int((escalate & gold).sum())) / int(gold.sum())
+        if gold.any()
+        else None
+    )
+    precision = found / int(kept_none.sum()) if kept_none.any() else None
+    return recall, precision
+
+
+def outcome(
+    escalate: Bools, correct: Bools, econ: Economics, nones: NoneMasks | None = None
+) -> Outcome:
+    """Escalation rate, kept and overall accuracy and spend of one escalation decision
+    (and, given ``nones``, its none recall and precision)."""
     n = len(correct)
     kept = ~escalate
     n_esc = int(escalate.sum())
     kept_correct = int(correct[kept].sum())
+    none_recall, none_precision = _none_figures(escalate, nones, econ)
     return Outcome(
         documents=n,
         escalation_rate=n_esc / n if n else 0.0,
         kept_accuracy=kept_correct / int(kept.sum()) if kept.any() else None,
         overall_accuracy=(kept_correct + econ.frontier_accuracy * n_esc) / n if n else 0.0,
         usd_per_1k=1000.0 * econ.usd_per_escalation * n_esc / n if n else 0.0,
+        none_recall=none_recall,
+        none_precision=none_precision,
     )
 
 
@@ -297,18 +332,32 @@ def fit_policy(
     econ: Economics,
     per_label: bool = False,
     temperature: float = 1.0,
+    nones: NoneMasks | None = None,
 ) -> Policy:
-    """Solve the thresholds for ``target`` and record what they gave on this data."""
+    """Solve the thresholds for ``target`` and record what they gave on this data.
+
+    Open set (``nones`` given): the none outcome always gets its own threshold, held to
+    the accuracy the other kept documents reach, so a document the SLM calls none is
+    kept only when its none answers are as sure as its labels."""
     if per_label:
         threshold, labels = solve_per_label(confidence, predicted, correct, target, econ)
     else:
         threshold, labels = solve_global(confidence, correct, target, econ), {}
     policy = Policy(threshold, target, labels, temperature)
+    if nones is not None and nones[0].any():
+        called_none = nones[0]
+        kept = ~policy.escalate(predicted, confidence) & ~called_none
+        level = target.value if target.kind == KEPT_ACCURACY else float(correct[kept].mean())
+        policy.per_label[NONE_LABEL] = _threshold_for_accuracy(
+            confidence[called_none], correct[called_none], level if kept.any() else 1.0
+        )
     escalate = policy.escalate(predicted, confidence)
-    policy.fitted = outcome(escalate, correct, econ).as_dict()
+    policy.fitted = outcome(escalate, correct, econ, nones).as_dict()
     policy.fitted["escalation_rate_upper_95"] = round(
         rate_upper_bound(int(escalate.sum()), len(escalate)), 6
     )
+    if nones is not None:  # what the report's none-rate drift check expects
+        policy.fitted["none_rate"] = round(float(nones[1].mean()), 6)
     return policy
 
 
@@ -316,13 +365,17 @@ CURVE_RATES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7
 
 
 def curve(
-    confidence: Floats, correct: Bools, econ: Economics, rates: Sequence[float] = CURVE_RATES
+    confidence: Floats,
+    correct: Bools,
+    econ: Economics,
+    rates: Sequence[float] = CURVE_RATES,
+    nones: NoneMasks | None = None,
 ) -> list[tuple[float, Outcome]]:
     """(threshold, outcome) at each escalation rate: the whole cost/accuracy trade-off."""
     points = []
     for rate in rates:
         threshold = _threshold_for_rate(confidence, rate)
-        points.append((threshold, outcome(confidence < threshold, correct, econ)))
+        points.append((threshold, outcome(confidence < threshold, correct, econ, nones)))
     return points
 
 
@@ -335,6 +388,7 @@ def cross_checked(
     per_label: bool,
     folds: int = 2,
     seed: int = 0,
+    nones: NoneMasks | None = None,
 ) -> Outcome:
     """The policy's figures on data it was not fitted on: fit on all folds but one,
     decide the held-back fold, and score every document's out-of-fold decision.
@@ -348,6 +402,9 @@ def cross_checked(
     escalate = np.zeros(n, dtype=bool)
     for k in range(folds):
         fit, test = fold != k, fold == k
-        policy = fit_policy(confidence[fit], list(pred[fit]), correct[fit], target, econ, per_label)
+        fit_nones = (nones[0][fit], nones[1][fit]) if nones is not None else None
+        policy = fit_policy(
+            confidence[fit], list(pred[fit]), correct[fit], target, econ, per_label, 1.0, fit_nones
+        )
         escalate[test] = policy.escalate(list(pred[test]), confidence[test])
-    return outcome(escalate, correct, econ)
+    return outcome(escalate, correct, econ, nones)

@@ -96,7 +96,7 @@ def train_candidate(
         finetune(
             default_gguf_path(),
             train_set,
-            tax.names,
+            tax.outcomes,
             out_dir,
             FinetuneConfig(epochs=opts.epochs),
             lambda step, total, loss: advance(1),

@@ -22,8 +22,20 @@ from shiftdown.schema import ModelVersion, Task, utcnow
 from shiftdown.taxonomy import Taxonomy
 
 
-def ensure_task(session: Session, name: str, taxonomy: Taxonomy | None, threshold: float) -> Task:
-    """The task ``name``, created or given the new taxonomy when one is passed."""
+def ensure_task(
+    session: Session,
+    name: str,
+    taxonomy: Taxonomy | None,
+    threshold: float,
+    open_set: bool | None = None,
+) -> Task:
+    """The task ``name``, created or given the new taxonomy when one is passed.
+
+    ``open_set`` (None: as the taxonomy says, or as the task is) opens or closes the task:
+    an open-set task's documents may end as none of its labels.
+    """
+    if taxonomy is not None and open_set is not None:
+        taxonomy = taxonomy.with_open_set(open_set)
     task = session.get(Task, name)
     if task is None:
         if taxonomy is None:
@@ -33,19 +45,24 @@ def ensure_task(session: Session, name: str, taxonomy: Taxonomy | None, threshol
             taxonomy=taxonomy.to_data(),
             taxonomy_hash=taxonomy.hash,
             threshold=threshold,
+            open_set=taxonomy.open_set,
         )
         session.add(task)
         session.flush()
-    elif taxonomy is not None and taxonomy.hash != task.taxonomy_hash:
+        return task
+    if taxonomy is None and open_set is not None and open_set != task.open_set:
+        taxonomy = task_taxonomy(task).with_open_set(open_set)
+    if taxonomy is not None and taxonomy.hash != task.taxonomy_hash:
         task.taxonomy = taxonomy.to_data()
         task.taxonomy_hash = taxonomy.hash
+        task.open_set = taxonomy.open_set
         session.flush()
     return task
 
 
 def task_taxonomy(task: Task) -> Taxonomy:
-    """The task's taxonomy as stored."""
-    return Taxonomy.from_data(task.taxonomy)
+    """The task's taxonomy as stored, open-set or closed."""
+    return task.read_taxonomy()
 
 
 def read_manifest(gguf_path: Path) -> ModelManifest:
@@ -231,7 +248,7 @@ def resolve_model(
 
 def _mismatch(manifest: ModelManifest, task: Task) -> str | None:
     trained = manifest.labels
-    current = [label["name"] for label in task.taxonomy]
+    current = task_taxonomy(task).outcomes
     if trained is None or list(trained) == current:
         return None
     added = len(set(current) - set(trained))
@@ -268,7 +285,7 @@ def spec_for(version: ModelVersion, taxonomy: Taxonomy) -> ModelSpec:
     """What a worker needs to load ``version`` for this taxonomy."""
     return ModelSpec(
         gguf_path=version.gguf_path,
-        labels=tuple(taxonomy.names),
+        labels=tuple(taxonomy.outcomes),
         adapter_path=version.adapter_path,
         manifest=version.read_manifest(),
     )

@@ -48,6 +48,14 @@ class Scores:
         """Gold label names."""
         return [self.labels[i] for i in self.gold]
 
+    def outcome_masks(self, name: str) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Which documents are predicted as ``name``, and which are ``name`` in truth."""
+        if name not in self.labels:
+            empty = np.zeros(len(self.gold), dtype=bool)
+            return empty, empty
+        index = self.labels.index(name)
+        return np.asarray(self.predicted_index == index), np.asarray(self.gold == index)
+
     @property
     def correct(self) -> npt.NDArray[np.bool_]:
         """Whether each prediction matches its gold label."""

@@ -29,7 +29,7 @@ from shiftdown.manifest import ModelManifest
 from shiftdown.savings import frontier_usd_per_document
 from shiftdown.schema import ModelVersion, Task
 from shiftdown.settings import get_settings
-from shiftdown.taxonomy import Taxonomy
+from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 
 Examples = list[tuple[str, str]]
 # How a caller shows progress: progress(description, total) yields advance(n).
@@ -68,6 +68,12 @@ class Scored:
     data: Path
     mean_chars: float
     scores: Scores
+    open_set: bool = False
+
+    @property
+    def nones(self) -> tuple[Any, Any] | None:
+        """Open set: which documents the model called none, and which are none."""
+        return self.scores.outcome_masks(NONE_LABEL) if self.open_set else None
 
 
 def score_spec(
@@ -138,6 +144,7 @@ def score_version(held: HeldoutData, progress: Progress = no_progress) -> Scored
         data_path,
         mean_chars,
         scores,
+        found.taxonomy.open_set,
     )
 
 

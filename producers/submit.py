@@ -53,15 +53,20 @@ class SubmitResult:
 
 
 def create_run(
-    task_name: str, taxonomy: Taxonomy | None, model_ref: str | None, source: str
+    task_name: str,
+    taxonomy: Taxonomy | None,
+    model_ref: str | None,
+    source: str,
+    open_set: bool | None = None,
 ) -> tuple[int, str]:
-    """A new run of ``task_name`` (created on first use), pinned to its model version.
+    """A new run of ``task_name`` (created on first use), pinned to its model version;
+    ``open_set`` opens or closes the task first (None: leaves it as it is).
 
     Returns the run id and the SLM queue of the task.
     """
     s = get_settings()
     with session_scope() as session:
-        task = ensure_task(session, task_name, taxonomy, s.threshold)
+        task = ensure_task(session, task_name, taxonomy, s.threshold, open_set)
         version = resolve_model(session, task, model_ref, s.model_path)
         policy = stored_policy(version.read_manifest())
         run = Run(

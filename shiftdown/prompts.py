@@ -5,21 +5,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from shiftdown.taxonomy import Label, Taxonomy
+from shiftdown.taxonomy import NONE_LABEL, Label, Taxonomy
 
 # The answer of a narrowed request whose document fits none of the labels it offers.
 NONE_OF_THESE = "none_of_these"
+
+# What the none outcome means, where a request offers it.
+NONE_DESCRIPTION = (
+    "The document fits none of the labels above (another topic, spam, noise, another language)."
+)
 
 # OpenAI's rule of thumb for English text, used only when no call has been recorded.
 CHARS_PER_TOKEN = 4.0
 
 
 def frontier_system_prompt(taxonomy: Taxonomy) -> str:
-    """The instruction: the taxonomy, one label per line with its description."""
+    """The instruction: the taxonomy, one label per line with its description, and on
+    an open-set task the none outcome last."""
     lines = [
         f"- {lbl.name}: {lbl.description}" if lbl.description else f"- {lbl.name}"
         for lbl in taxonomy.labels
     ]
+    if taxonomy.open_set:
+        lines.append(f"- {NONE_LABEL}: {NONE_DESCRIPTION}")
     return (
         "You are a precise document classifier. Assign the document exactly one label "
         "from this list:\n" + "\n".join(lines) + '\nAnswer with JSON: {"label": "<label>"}.'
@@ -35,10 +43,10 @@ def narrowed(taxonomy: Taxonomy, candidates: list[str]) -> Taxonomy:
 
 
 def answer_schema(taxonomy: Taxonomy) -> dict[str, Any]:
-    """JSON schema that only admits a label of the taxonomy."""
+    """JSON schema that only admits a label of the taxonomy (or, open-set, none)."""
     return {
         "type": "object",
-        "properties": {"label": {"type": "string", "enum": taxonomy.names}},
+        "properties": {"label": {"type": "string", "enum": taxonomy.outcomes}},
         "required": ["label"],
         "additionalProperties": False,
     }

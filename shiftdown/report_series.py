@@ -237,7 +237,9 @@ def _top_labels(session: Session, run_id: int) -> tuple[list[LabelRate], int]:
     n_labels = session.scalar(
         text("SELECT count(*) FROM escalation_by_label WHERE run_id = :run"), {"run": run_id}
     )
-    return [LabelRate(str(a), int(b), int(c or 0)) for a, b, c in rows], int(n_labels or 0)
+    # A NULL label is the none outcome of an open-set task.
+    rates = [LabelRate("(none)" if a is None else str(a), int(b), int(c or 0)) for a, b, c in rows]
+    return rates, int(n_labels or 0)
 
 
 def _latency_histogram(session: Session, run_id: int) -> tuple[list[float], dict[str, list[int]]]:

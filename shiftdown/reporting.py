@@ -39,7 +39,6 @@ from shiftdown.schema import (
     as_utc,
 )
 from shiftdown.settings import Settings
-from shiftdown.taxonomy import Taxonomy
 
 
 @dataclass(frozen=True)
@@ -90,6 +89,10 @@ class RunReport:
     final_by_stage: dict[str, int]
     escalated: int
     escalation_rate: float | None
+    # Open set: documents that ended as none of the labels, and their share of those
+    # with a final outcome (None on a closed-set task).
+    none: int | None
+    none_rate: float | None
     slm_bypass: str | None
     parked: dict[str, int]
     # "audited": the sample of kept documents; "escalated": the frontier's answers.
@@ -172,7 +175,7 @@ def run_report(session: Session, run_id: int, settings: Settings) -> RunReport:
         raise ConfigError(f"no run {run_id}")
     task = session.get_one(Task, run.task_name)
     version = session.get(ModelVersion, run.model_version_id)
-    taxonomy = Taxonomy.from_data(task.taxonomy)
+    taxonomy = task.read_taxonomy()
 
     states = documents_by_state(session, run_id)
     n_docs = sum(states.values())
@@ -188,6 +191,8 @@ def run_report(session: Session, run_id: int, settings: Settings) -> RunReport:
     escalated, n_slm = escalation_counts(session, run)
     escalation_rate = escalated / n_slm if n_slm else None
     audit = agreement(session, run_id, Stage.AUDIT)
+    n_none = none_count(session, run_id) if taxonomy.open_set else None
+    none_rate = n_none / n_final if n_none is not None and n_final else None
 
     first_doc, last_pred = session.execute(
         select(
@@ -234,10 +239,13 @@ def run_report(session: Session, run_id: int, settings: Settings) -> RunReport:
         final_by_stage=final_by_stage,
         escalated=escalated,
         escalation_rate=round(escalation_rate, 4) if escalation_rate is not None else None,
+        none=n_none,
+        none_rate=round(none_rate, 4) if none_rate is not None else None,
         slm_bypass=run.slm_bypass,
         parked=parked_reasons(session, run_id),
         agreement={"audited": audit, "escalated": agreement(session, run_id, Stage.FRONTIER)},
-        drift=drift_checks(session, run, version, escalation_rate, n_slm, audit, settings),
+        drift=drift_checks(session, run, version, escalation_rate, n_slm, audit, settings)
+        + none_drift(session, run, version, none_rate, n_final, settings),
         elapsed_s=round(elapsed, 3) if elapsed is not None else None,
         docs_per_s=round(n_final / elapsed, 2) if elapsed else None,
         latency=latency_percentiles(session, run_id),
@@ -365,6 +373,69 @@ def drift_checks(
             kept_basis,
         ),
     ]
+
+
+def none_count(session: Session, run_id: int) -> int:
+    """Documents of the run whose final outcome is none (open set)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Document)
+            .join(
+                Prediction,
+                (Prediction.document_id == Document.id)
+                & (Prediction.stage == Document.final_stage),
+            )
+            .where(Document.run_id == run_id, Prediction.label.is_(None))
+        )
+        or 0
+    )
+
+
+def none_drift(
+    session: Session,
+    run: Run,
+    version: ModelVersion | None,
+    none_rate: float | None,
+    n_final: int,
+    settings: Settings,
+) -> list[DriftCheck]:
+    """Open set: the run's none rate against the policy's held-out share of none
+    documents, else the model's earlier runs (a new topic in the stream shows here)."""
+    if none_rate is None:
+        return []
+    expected = (version.read_manifest().fitted if version else {}).get("none_rate")
+    basis = "held-out data of the policy"
+    if expected is None:
+        earlier = session.execute(
+            select(Run.id)
+            .where(
+                Run.task_name == run.task_name,
+                Run.model_version_id == run.model_version_id,
+                Run.id < run.id,
+            )
+            .order_by(Run.id.desc())
+            .limit(20)
+        ).scalars()
+        rates = []
+        for run_id in earlier:
+            final = int(
+                session.scalar(
+                    select(func.count()).where(
+                        Document.run_id == run_id, Document.final_stage.is_not(None)
+                    )
+                )
+                or 0
+            )
+            if final >= MIN_DOCUMENTS:
+                rates.append(none_count(session, run_id) / final)
+        expected = float(np.mean(rates)) if rates else None
+        basis = (
+            f"{len(rates)} earlier run(s) of this model"
+            if rates
+            else f"no earlier run of {MIN_DOCUMENTS}+ documents to compare"
+        )
+    return [DriftCheck("none rate", none_rate, expected, n_final, settings.drift_band, basis)]
 
 
 def escalation_counts_by_run(

@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shiftdown.manifest import ModelManifest
+from shiftdown.taxonomy import Taxonomy
 
 # Autoincrementing 64-bit ids on Postgres; SQLite only autoincrements INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -111,12 +112,18 @@ class Task(Base):
     taxonomy: Mapped[list[dict[str, Any]]] = mapped_column(Json)
     taxonomy_hash: Mapped[str] = mapped_column(String(64))
     threshold: Mapped[float] = mapped_column(Float)
+    # Documents may end as "none of the labels" (shiftdown.taxonomy, open sets).
+    open_set: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     queue: Mapped[str | None] = mapped_column(String(100))
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+    def read_taxonomy(self) -> Taxonomy:
+        """The task's taxonomy as stored, open-set or closed."""
+        return Taxonomy.from_data(self.taxonomy).with_open_set(bool(self.open_set))
 
 
 class Run(Base):
@@ -194,7 +201,8 @@ class Prediction(Base):
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"))
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
     stage: Mapped[str] = mapped_column(String(16))
-    label: Mapped[str] = mapped_column(String(255))
+    # NULL: the none outcome of an open-set task (the document fits none of the labels).
+    label: Mapped[str | None] = mapped_column(String(255))
     confidence: Mapped[float | None] = mapped_column(Float)
     # The SLM's decision under the policy in force (per-label thresholds included).
     escalated: Mapped[bool | None] = mapped_column(Boolean)
@@ -300,18 +308,9 @@ class TeacherExample(Base):
     task_name: Mapped[str] = mapped_column(ForeignKey("tasks.name"), index=True)
     text: Mapped[str] = mapped_column(Text)
     text_sha256: Mapped[str] = mapped_column(String(64))
+    # An outcome: a label, or NONE_LABEL on an open-set task (what the SLM learns).
     label: Mapped[str] = mapped_column(String(255))
     # "import", "frontier" (teach), "escalation" or "audit" (the cascade's own calls)
     source: Mapped[str] = mapped_column(String(16))
     frontier_call_id: Mapped[int | None] = mapped_column(ForeignKey("frontier_calls.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-# One row per document: its final label and the stage that gave it (NULL while pending).
-DOCUMENT_LABELS_VIEW = """
-CREATE VIEW document_labels AS
-SELECT d.id AS document_id, d.run_id, d.external_id, d.state,
-       d.final_stage AS source, p.label, p.confidence, p.model
-FROM documents d
-LEFT JOIN predictions p ON p.document_id = d.id AND p.stage = d.final_stage
-"""

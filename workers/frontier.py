@@ -34,7 +34,7 @@ from shiftdown.schema import (
     utcnow,
 )
 from shiftdown.settings import get_settings
-from shiftdown.taxonomy import Taxonomy
+from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 from workers import results_stream
 from workers.app import TASK_FRONTIER, app
 from workers.frontier_client import OK, RETRYABLE, FrontierClient, FrontierResult
@@ -137,11 +137,15 @@ def record_outcome(
     if result.declined:
         return attempt
     if result.status == OK and result.label is not None:
+        run = session.get_one(Run, run_id)
+        # On an open-set task "none" is an outcome, recorded without a label; it is
+        # still the teacher's answer, which the SLM learns as one.
+        open_set = bool(session.scalar(select(Task.open_set).where(Task.name == run.task_name)))
         row = PredictionRow(
             document_id=document_id,
             run_id=run_id,
             stage=stage,
-            label=result.label,
+            label=None if open_set and result.label == NONE_LABEL else result.label,
             confidence=result.confidence,
             model=result.model,
             latency_ms=result.latency_ms,
@@ -153,7 +157,6 @@ def record_outcome(
         # The learning loop: every frontier answer the cascade paid for is teacher data.
         session.flush()
         doc = session.get_one(Document, document_id)
-        run = session.get_one(Run, run_id)
         insert_teacher_examples(
             session,
             [teacher_row(run.task_name, doc.text, result.label, stage_source(stage), call.id)],
@@ -237,7 +240,8 @@ def candidates_for(
 ) -> list[str] | None:
     """The SLM's top labels this document's request offers, or None (the whole
     taxonomy): narrowing off, a taxonomy that has a label of the reserved name, or no
-    stored distribution holding enough labels, or a narrowed answer already declined."""
+    stored distribution holding enough labels, or a narrowed answer already declined,
+    or (open set) none among the SLM's top outcomes: only the whole taxonomy offers it."""
     version = session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
     policy = stored_policy(version.read_manifest()) if version else None
     k = offered_k(policy, get_settings().frontier_top_k)
@@ -252,7 +256,10 @@ def candidates_for(
     )
     if declined_before is not None:
         return None  # a retry after "none of these": straight to the whole taxonomy
-    return stored_candidates(session, doc.id, k)
+    found = stored_candidates(session, doc.id, k)
+    if found is not None and taxonomy.open_set and NONE_LABEL in found:
+        return None
+    return found
 
 
 def stored_candidates(session: Session, document_id: int, k: int) -> list[str] | None:

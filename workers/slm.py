@@ -191,13 +191,13 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
             document_id=item.doc_id,
             run_id=item.run.id,
             stage=Stage.SLM,
-            label=outcome.label,
+            label=taxonomy.label_of(outcome.label),
             confidence=outcome.confidence,
             model=names[version.id],
             latency_ms=outcome.latency_ms,
             prompt_tokens=outcome.prompt_tokens,
             escalated=escalated,
-            distribution=outcome.top_k(taxonomy.names, top_k),
+            distribution=outcome.top_k(taxonomy.outcomes, top_k),
             model_version_id=version.id,
         )
         state = parked if escalated else DocState.CLASSIFIED

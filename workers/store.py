@@ -29,7 +29,7 @@ class PredictionRow:
     document_id: int
     run_id: int
     stage: Stage
-    label: str
+    label: str | None  # None: the none outcome of an open-set task
     confidence: float | None
     model: str
     latency_ms: float
@@ -104,7 +104,7 @@ _PG_STORE_SLM = sql_text(
             completion_tokens, cost_usd, created_at)
         SELECT document_id, run_id, :stage, label, confidence, escalated, distribution,
             model, model_version_id, latency_ms, prompt_tokens, 0, 0.0, :now
-        FROM r WHERE label IS NOT NULL
+        FROM r WHERE model IS NOT NULL
         ON CONFLICT (document_id, stage) DO NOTHING
     )
     UPDATE documents AS d

@@ -11,12 +11,19 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from shiftdown.schema import DOCUMENT_LABELS_VIEW
-
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+# One row per document: its final label and the stage that gave it (NULL while pending).
+DOCUMENT_LABELS_VIEW = """
+CREATE VIEW document_labels AS
+SELECT d.id AS document_id, d.run_id, d.external_id, d.state,
+       d.final_stage AS source, p.label, p.confidence, p.model
+FROM documents d
+LEFT JOIN predictions p ON p.document_id = d.id AND p.stage = d.final_stage
+"""
 
 
 def upgrade() -> None:

@@ -1,0 +1,268 @@
+"""Open-set BANKING77: documents that fit no label, found by the SLM alone and by the
+cascade, on the standard open intent classification setup (``bench.open_set_data``:
+a seeded 25 % of the labels unknown, their queries answered none by the teacher).
+
+The open-set model is fine-tuned on the known labels and the none outcome
+(``shiftdown finetune`` on DIR/teacher.csv; this script runs it when DIR/model is
+missing) and served as workers serve it (merged, ``SHIFTDOWN_SERVE_TYPE``). Every test
+query is scored once; the figures:
+
+- accuracy over known labels and none together; macro-F1 over the known labels and none;
+  none recall and precision; known-label accuracy (a known query called none is wrong);
+- the closed-set reference: the demo model (all 77 labels, the same recipe) on the same
+  known-label queries, its answer restricted to the known labels, as a closed-set model
+  of the known labels answers;
+- detection beyond the none answer, on the same forward pass: a threshold on the top
+  known label's probability (max-softmax) or on the known labels' energy
+  (-logsumexp of their logits) turns low scores into none. Each threshold is fitted on
+  the model's held-out split and applied to the test split; the method kept is the one
+  with the best held-out accuracy, and ties keep the plain answer;
+- the cascade: the escalation policy (``models.policy.fit_policy``, the none outcome with
+  its own threshold) fitted on the held-out split for an escalation target, the
+  escalated queries answered by a stand-in frontier that is always right (the label, or
+  none for unknown labels).
+
+With ``--teach-none`` below 1 the teacher set held only some unknown labels' queries:
+none recall is reported for those and for the labels never seen in training.
+
+    python -m bench.open_set [--work DIR] [--seed 0] [--teach-none 1.0] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bench.open_set_data import DATA, finetune_command, prepare, read_rows
+from bench.stack import ROOT
+from bench.table import print_table
+from models.classifier import Classifier, ModelSpec, RuntimeOptions
+from models.policy import MAX_ESCALATION, Economics, Target, fit_policy
+from models.registry import load_model_dir
+from models.scores import Scores, score
+from shiftdown.taxonomy import NONE_LABEL
+
+Floats = npt.NDArray[np.float64]
+DEMO = ROOT / "demo" / "banking77-lora"
+TARGETS = (0.05, 0.10, 0.15)
+
+
+def softmax(logits: Floats) -> Floats:
+    """Row-wise softmax."""
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    out: Floats = z / z.sum(axis=1, keepdims=True)
+    return out
+
+
+def figures(pred: list[str], gold: list[str], known: list[str]) -> dict[str, float]:
+    """Accuracy, macro-F1 over known labels and none, none recall and precision, and
+    accuracy on the known-label queries."""
+    p, g = np.asarray(pred), np.asarray(gold)
+    f1s = []
+    for label in [*known, NONE_LABEL]:
+        tp = int(((p == label) & (g == label)).sum())
+        n_pred, n_gold = int((p == label).sum()), int((g == label).sum())
+        f1s.append(2 * tp / (n_pred + n_gold) if n_pred + n_gold else 0.0)
+    none_gold, none_pred = g == NONE_LABEL, p == NONE_LABEL
+    return {
+        "accuracy": float((p == g).mean()),
+        "macro_f1": float(np.mean(f1s)),
+        "none_recall": float((none_pred & none_gold).sum() / max(1, none_gold.sum())),
+        "none_precision": float((none_pred & none_gold).sum() / max(1, none_pred.sum())),
+        "known_accuracy": float((p == g)[~none_gold].mean()),
+    }
+
+
+def scored(model: Path, examples: list[tuple[str, str]], threads: int) -> Scores:
+    """The model's logits on ``examples``, served as workers serve it."""
+    gguf, adapter, manifest = load_model_dir(model)
+    labels = tuple(manifest.labels or ())
+    spec = ModelSpec(str(gguf), labels, str(adapter) if adapter else None, manifest)
+    clf = Classifier(spec, RuntimeOptions(n_threads=threads, parallel=8))
+    return score(clf, examples)
+
+
+class Detector:
+    """The none answer, and optionally a threshold on a score of the known labels below
+    which a known answer becomes none."""
+
+    def __init__(self, name: str, labels: tuple[str, ...]) -> None:
+        self.name = name
+        self.labels = labels
+        self.none = labels.index(NONE_LABEL)
+        self.known = [i for i in range(len(labels)) if i != self.none]
+        self.threshold: float | None = None
+
+    def score(self, logits: Floats) -> Floats:
+        """Higher: more like a known label."""
+        known = logits[:, self.known]
+        if self.name == "max_softmax":
+            result: Floats = softmax(logits)[:, self.known].max(axis=1)
+            return result
+        m = known.max(axis=1)
+        return np.asarray(m + np.log(np.exp(known - m[:, None]).sum(axis=1)))  # -energy
+
+    def predict(self, logits: Floats, threshold: float | None = None) -> list[str]:
+        """Each document's outcome."""
+        top = logits.argmax(axis=1)
+        threshold = self.threshold if threshold is None else threshold
+        if self.name != "none_answer" and threshold is not None:
+            top = np.where(self.score(logits) < threshold, self.none, top)
+        return [self.labels[i] for i in top]
+
+    def fit(self, logits: Floats, gold: list[str]) -> float:
+        """Choose the threshold with the best accuracy on ``gold``; returns it."""
+        if self.name == "none_answer":
+            return float(np.mean(np.asarray(self.predict(logits)) == np.asarray(gold)))
+        best = (float(np.mean(np.asarray(self.predict(logits, -np.inf)) == gold)), -np.inf)
+        for t in np.unique(self.score(logits)):
+            acc = float(np.mean(np.asarray(self.predict(logits, float(t))) == np.asarray(gold)))
+            if acc > best[0] + 1e-12:
+                best = (acc, float(t))
+        self.threshold = best[1]
+        return best[0]
+
+
+def cascade(
+    scores: Scores, heldout: Scores, gold: list[str], known: list[str], rate: float
+) -> tuple[dict[str, float], float]:
+    """The cascade's figures at an escalation target fitted on the held-out split, and
+    the share of test queries it escalated."""
+    econ = Economics(usd_per_escalation=0.0)
+    policy = fit_policy(
+        heldout.confidence(1.0),
+        heldout.predicted,
+        heldout.correct,
+        Target(MAX_ESCALATION, rate),
+        econ,
+        nones=heldout.outcome_masks(NONE_LABEL),
+    )
+    escalate = policy.escalate(scores.predicted, scores.confidence(1.0))
+    final = [g if e else p for p, g, e in zip(scores.predicted, gold, escalate, strict=True)]
+    return figures(final, gold, known), float(escalate.mean())
+
+
+def closed_reference(test: list[tuple[str, str]], known: list[str], threads: int) -> float:
+    """The demo model's accuracy on the known-label queries, its answer restricted to
+    the known labels."""
+    queries = [(t, g) for t, g in test if g != NONE_LABEL]
+    ref = scored(DEMO, queries, threads)
+    allowed = [ref.labels.index(k) for k in known]
+    masked = np.full_like(ref.logits, -np.inf)
+    masked[:, allowed] = ref.logits[:, allowed]
+    pred = [ref.labels[i] for i in masked.argmax(axis=1)]
+    return float(np.mean([p == g for p, (_, g) in zip(pred, queries, strict=True)]))
+
+
+def run(work: Path, seed: int, teach_none: float, threads: int) -> dict[str, Any]:
+    """Every figure of the bench, as JSON-ready data."""
+    split = prepare(work, seed, 0.75, teach_none)
+    model = work / "model"
+    if not (model / "manifest.json").is_file():
+        print("fine-tuning the open-set model:", " ".join(finetune_command(work)), file=sys.stderr)
+        subprocess.run(finetune_command(work), check=True)
+    known: list[str] = split["known"]  # type: ignore[assignment]
+    unseen = set(split["unseen"])  # type: ignore[call-overload]
+    with (work / "test.csv").open(encoding="utf-8", newline="") as f:
+        test = [(r["text"], r["label"]) for r in csv.DictReader(f)]
+    with (model / "heldout.csv").open(encoding="utf-8", newline="") as f:
+        held = [(r["text"], r["label"]) for r in csv.DictReader(f)]
+    gold = [g for _, g in test]
+    held_gold = [g for _, g in held]
+    scores, held_scores = scored(model, test, threads), scored(model, held, threads)
+
+    detectors: dict[str, dict[str, Any]] = {}
+    for name in ("none_answer", "max_softmax", "energy"):
+        det = Detector(name, scores.labels)
+        held_acc = det.fit(held_scores.logits, held_gold)
+        detectors[name] = {
+            "heldout_accuracy": held_acc,
+            "threshold": det.threshold,
+            **figures(det.predict(scores.logits), gold, known),
+        }
+    kept = max(detectors, key=lambda n: (detectors[n]["heldout_accuracy"], n == "none_answer"))
+
+    test_categories = [r["category"] for r in read_rows(DATA / "test.csv")]
+    slm = np.asarray(scores.predicted)
+    is_none = np.asarray([g == NONE_LABEL for g in gold])
+    never_seen = np.asarray([c in unseen for c in test_categories])
+    by_kind: dict[str, dict[str, Any]] = {}
+    for kind, mask in (("taught", is_none & ~never_seen), ("unseen", is_none & never_seen)):
+        if mask.any():
+            by_kind[kind] = {
+                "queries": int(mask.sum()),
+                "none_recall": float((slm[mask] == NONE_LABEL).mean()),
+            }
+    lines = {
+        f"cascade_{round(100 * r)}": cascade(scores, held_scores, gold, known, r) for r in TARGETS
+    }
+    return {
+        "seed": seed,
+        "teach_none": teach_none,
+        "known_labels": len(known),
+        "unknown_labels": len(split["unknown"]),  # type: ignore[arg-type]
+        "test_queries": len(test),
+        "none_queries": int(sum(g == NONE_LABEL for g in gold)),
+        "closed_set_known_accuracy": closed_reference(test, known, threads),
+        "slm": detectors,
+        "kept_detector": kept,
+        "none_recall_by_kind": by_kind,
+        "cascade": {k: {**f, "escalated": e} for k, (f, e) in lines.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "open-set")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--teach-none", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = run(args.work, args.seed, args.teach_none, args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    closed = result["closed_set_known_accuracy"]
+    print(
+        f"open-set BANKING77, seed {result['seed']}: {result['known_labels']} known labels, "
+        f"{result['unknown_labels']} unknown; {result['test_queries']} test queries, "
+        f"{result['none_queries']} of them none"
+    )
+    pct = "{:.1%}".format
+    rows = [
+        [f"SLM, {name}" + (" (kept)" if name == result["kept_detector"] else ""),
+         pct(x["accuracy"]), pct(x["macro_f1"]), pct(x["none_recall"]), pct(x["none_precision"]),
+         pct(x["known_accuracy"]), f"{x['known_accuracy'] - closed:+.1%}", "-"]
+        for name, x in result["slm"].items()
+    ] + [
+        [f"cascade, target {name.split('_')[1]} %", pct(x["accuracy"]), pct(x["macro_f1"]),
+         pct(x["none_recall"]), pct(x["none_precision"]), pct(x["known_accuracy"]),
+         f"{x['known_accuracy'] - closed:+.1%}", pct(x["escalated"])]
+        for name, x in result["cascade"].items()
+    ]  # fmt: skip
+    print_table(
+        ["line", "accuracy", "macro-F1", "none recall", "none precision", "known acc.",
+         "vs closed", "escalated"],
+        rows,
+    )  # fmt: skip
+    print(f"closed-set model on the known-label queries: {pct(closed)}")
+    for kind, x in result["none_recall_by_kind"].items():
+        print(
+            f"none recall, {kind} unknown labels ({x['queries']} queries): {pct(x['none_recall'])}"
+        )
+
+
+if __name__ == "__main__":
+    main()
