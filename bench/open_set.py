@@ -15,8 +15,11 @@ query is scored once; the figures:
 - detection beyond the none answer, on the same forward pass: a threshold on the top
   known label's probability (max-softmax) or on the known labels' energy
   (-logsumexp of their logits) turns low scores into none. Each threshold is fitted on
-  the model's held-out split and applied to the test split; the method kept is the one
-  with the best held-out accuracy, and ties keep the plain answer;
+  the model's held-out split and applied to the test split; one is kept only where it
+  beats the plain answer by half a point of held-out accuracy;
+- the none margin (``policy set --none-recall``): none must beat the best label by a
+  margin fitted on the held-out split for the none recall asked of the SLM (``--none-recall``,
+  default 85 %): the fewest known queries called none for that recall;
 - the cascade: the escalation policy (``models.policy.fit_policy``, the none outcome with
   its own threshold) fitted on the held-out split for an escalation target, the
   escalated queries answered by a stand-in frontier that is always right (the label, or
@@ -25,13 +28,15 @@ query is scored once; the figures:
 With ``--teach-none`` below 1 the teacher set held only some unknown labels' queries:
 none recall is reported for those and for the labels never seen in training.
 
-    python -m bench.open_set [--work DIR] [--seed 0] [--teach-none 1.0] [--json]
+    python -m bench.open_set [--work DIR] [--seed 0] [--teach-none 1.0] [--none-recall 0.85]
+        [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -46,7 +51,8 @@ from bench.open_set_data import DATA, finetune_command, prepare, read_rows
 from bench.stack import ROOT
 from bench.table import print_table
 from models.classifier import Classifier, ModelSpec, RuntimeOptions
-from models.policy import MAX_ESCALATION, Economics, Target, fit_policy
+from models.finetune_manifest import file_sha256
+from models.policy import MAX_ESCALATION, Economics, Target, answers, fit_none_margin, fit_policy
 from models.registry import load_model_dir
 from models.scores import Scores, score
 from shiftdown.taxonomy import NONE_LABEL
@@ -82,13 +88,30 @@ def figures(pred: list[str], gold: list[str], known: list[str]) -> dict[str, flo
     }
 
 
-def scored(model: Path, examples: list[tuple[str, str]], threads: int) -> Scores:
-    """The model's logits on ``examples``, served as workers serve it."""
+def scored(model: Path, examples: list[tuple[str, str]], threads: int, cache: Path) -> Scores:
+    """The model's logits on ``examples``, served as workers serve it; kept in ``cache``
+    under a hash of the served file, the manifest and the texts, so that a rerun (or an
+    analysis of the same scores) does not score again."""
     gguf, adapter, manifest = load_model_dir(model)
     labels = tuple(manifest.labels or ())
     spec = ModelSpec(str(gguf), labels, str(adapter) if adapter else None, manifest)
-    clf = Classifier(spec, RuntimeOptions(n_threads=threads, parallel=8))
-    return score(clf, examples)
+    options = RuntimeOptions(n_threads=threads, parallel=8)
+    key = hashlib.sha256(
+        "\0".join(
+            [file_sha256(gguf), file_sha256(adapter) if adapter else "", options.serve_type,
+             json.dumps(manifest.to_data(), sort_keys=True), *(t for t, _ in examples)]
+        ).encode()
+    ).hexdigest()[:16]  # fmt: skip
+    path = cache / f"scores-{key}.npz"
+    index = {label: i for i, label in enumerate(labels)}
+    gold = np.asarray([index[g] for _, g in examples], dtype=np.intp)
+    if path.is_file():
+        with np.load(path) as data:
+            return Scores(labels, data["logits"], gold, data["latency_ms"], float(data["elapsed"]))
+    result = score(Classifier(spec, options), examples)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, logits=result.logits, latency_ms=result.latency_ms, elapsed=result.elapsed_s)
+    return result
 
 
 class Detector:
@@ -151,11 +174,13 @@ def cascade(
     return figures(final, gold, known), float(escalate.mean())
 
 
-def closed_reference(test: list[tuple[str, str]], known: list[str], threads: int) -> float:
+def closed_reference(
+    test: list[tuple[str, str]], known: list[str], threads: int, cache: Path
+) -> float:
     """The demo model's accuracy on the known-label queries, its answer restricted to
     the known labels."""
     queries = [(t, g) for t, g in test if g != NONE_LABEL]
-    ref = scored(DEMO, queries, threads)
+    ref = scored(DEMO, queries, threads, cache)
     allowed = [ref.labels.index(k) for k in known]
     masked = np.full_like(ref.logits, -np.inf)
     masked[:, allowed] = ref.logits[:, allowed]
@@ -163,7 +188,9 @@ def closed_reference(test: list[tuple[str, str]], known: list[str], threads: int
     return float(np.mean([p == g for p, (_, g) in zip(pred, queries, strict=True)]))
 
 
-def run(work: Path, seed: int, teach_none: float, threads: int) -> dict[str, Any]:
+def run(
+    work: Path, seed: int, teach_none: float, threads: int, none_recall: float
+) -> dict[str, Any]:
     """Every figure of the bench, as JSON-ready data."""
     split = prepare(work, seed, 0.75, teach_none)
     model = work / "model"
@@ -178,7 +205,8 @@ def run(work: Path, seed: int, teach_none: float, threads: int) -> dict[str, Any
         held = [(r["text"], r["label"]) for r in csv.DictReader(f)]
     gold = [g for _, g in test]
     held_gold = [g for _, g in held]
-    scores, held_scores = scored(model, test, threads), scored(model, held, threads)
+    cache = work / "scores"
+    scores, held_scores = scored(model, test, threads, cache), scored(model, held, threads, cache)
 
     detectors: dict[str, dict[str, Any]] = {}
     for name in ("none_answer", "max_softmax", "energy"):
@@ -189,7 +217,23 @@ def run(work: Path, seed: int, teach_none: float, threads: int) -> dict[str, Any
             "threshold": det.threshold,
             **figures(det.predict(scores.logits), gold, known),
         }
-    kept = max(detectors, key=lambda n: (detectors[n]["heldout_accuracy"], n == "none_answer"))
+    # Another score is kept only where it beats the none answer by half a point held out
+    # (2.5 of the 499 documents): less is the held-out split's noise, not a better detector.
+    plain = detectors["none_answer"]["heldout_accuracy"]
+    better = {n: x for n, x in detectors.items() if x["heldout_accuracy"] >= plain + 0.005}
+    kept = max(better, key=lambda n: better[n]["heldout_accuracy"]) if better else "none_answer"
+    # The policy's none margin for the none recall asked of the SLM (policy set --none-recall).
+    none_index = scores.labels.index(NONE_LABEL)
+    held_none = held_scores.outcome_masks(NONE_LABEL)[1]
+    margin = fit_none_margin(held_scores.probs(1.0), none_index, held_none, none_recall)
+    top, _ = answers(scores.probs(1.0), none_index, margin)
+    detectors[f"none_margin_{round(100 * none_recall)}"] = {
+        "margin": margin,
+        **figures([scores.labels[i] for i in top], gold, known),
+    }
+    masked = scores.logits.copy()
+    masked[:, none_index] = -np.inf
+    closed_known = figures([scores.labels[i] for i in masked.argmax(axis=1)], gold, known)
 
     test_categories = [r["category"] for r in read_rows(DATA / "test.csv")]
     slm = np.asarray(scores.predicted)
@@ -212,10 +256,12 @@ def run(work: Path, seed: int, teach_none: float, threads: int) -> dict[str, Any
         "unknown_labels": len(split["unknown"]),  # type: ignore[arg-type]
         "test_queries": len(test),
         "none_queries": int(sum(g == NONE_LABEL for g in gold)),
-        "closed_set_known_accuracy": closed_reference(test, known, threads),
+        "closed_set_known_accuracy": closed_reference(test, known, threads, cache),
         "slm": detectors,
         "kept_detector": kept,
         "none_recall_by_kind": by_kind,
+        # The open-set model with none never answered: what it knows of the known labels.
+        "open_model_none_masked_known_accuracy": closed_known["known_accuracy"],
         "cascade": {k: {**f, "escalated": e} for k, (f, e) in lines.items()},
     }
 
@@ -228,9 +274,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--teach-none", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--none-recall", type=float, default=0.85, help="the SLM's none recall target (margin)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.work, args.seed, args.teach_none, args.threads)
+    result = run(args.work, args.seed, args.teach_none, args.threads, args.none_recall)
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -258,6 +307,8 @@ def main() -> None:
         rows,
     )  # fmt: skip
     print(f"closed-set model on the known-label queries: {pct(closed)}")
+    masked = result["open_model_none_masked_known_accuracy"]
+    print(f"the open-set model on them, never answering none: {pct(masked)}")
     for kind, x in result["none_recall_by_kind"].items():
         print(
             f"none recall, {kind} unknown labels ({x['queries']} queries): {pct(x['none_recall'])}"

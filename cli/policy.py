@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -25,8 +26,10 @@ from models.candidates import DEFAULT_TARGET_RECALL, gold_ranks, recall_curve
 from models.policy import (
     Outcome,
     Target,
+    answers,
     cross_checked,
     curve,
+    fit_none_margin,
     fit_policy,
     outcome,
     stored_policy,
@@ -37,6 +40,7 @@ from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
 from shiftdown.schema import ModelVersion, Task
 from shiftdown.settings import get_settings
+from shiftdown.taxonomy import NONE_LABEL
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,6 +92,14 @@ def policy() -> None:
     help="Escalations offer the frontier the SLM's top k labels, k the smallest whose "
     "held-out recall reaches this (0: always the whole taxonomy).",
 )
+@click.option(
+    "--none-recall",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Open set: the share of none documents the SLM must answer none itself. The "
+    "fewest documents with a label are then called none: none must beat the best label "
+    "by a margin fitted for this on held-out data (default: the most probable answer).",
+)
 @handle_errors
 def set_policy(
     held: HeldoutData,
@@ -95,6 +107,7 @@ def set_policy(
     per_label: bool,
     frontier_accuracy: float,
     candidate_recall: float,
+    none_recall: float | None,
 ) -> None:
     """Solve the threshold(s) that meet one target and store them with the model version.
 
@@ -109,10 +122,21 @@ def set_policy(
     sc = scored.scores
     conf, predicted, correct = sc.confidence(scored.temperature), sc.predicted, sc.correct
     nones = scored.nones
+    margin = 0.0
+    if none_recall is not None:
+        if nones is None:
+            raise click.UsageError("--none-recall is for open-set tasks")
+        probs, none_index = sc.probs(scored.temperature), sc.labels.index(NONE_LABEL)
+        margin = fit_none_margin(probs, none_index, nones[1], none_recall)
+        top, conf = answers(probs, none_index, margin)
+        predicted, correct = [sc.labels[i] for i in top], np.asarray(top == sc.gold)
+        nones = (np.asarray(top == none_index), nones[1])
     fitted = {
         per: fit_policy(conf, predicted, correct, target, econ, per, scored.temperature, nones)
         for per in (False, True)
     }
+    for p in fitted.values():
+        p.none_margin = margin
     checked = {
         per: cross_checked(conf, predicted, correct, target, econ, per, nones=nones)
         for per in fitted
@@ -151,6 +175,11 @@ def set_policy(
     Console().print(table)
     bound = chosen_policy.fitted["escalation_rate_upper_95"]
     click.echo(f"escalation rate on unseen documents: at most {100 * bound:.1f} % (95 % bound)")
+    if margin:
+        click.echo(
+            f"the SLM answers none when none is at least {np.exp(margin):.3g}x as probable as "
+            f"the best label (held-out none recall target {100 * (none_recall or 0):.1f} %)"
+        )
     rule = chosen_policy.candidates
     if rule is not None:
         click.echo(

@@ -106,6 +106,9 @@ class Policy:
     temperature: float = 1.0
     fitted: dict[str, Any] = field(default_factory=dict)
     candidates: CandidateRule | None = None
+    # Open set: how much more probable than the best label none must be for the SLM to
+    # answer none (log of the ratio; 0: plain argmax). See ``fit_none_margin``.
+    none_margin: float = 0.0
 
     def threshold_for(self, label: str) -> float:
         """The threshold a document predicted as ``label`` must reach to be kept."""
@@ -139,6 +142,7 @@ class Policy:
             "temperature": self.temperature,
             "fitted": self.fitted,
             **({"candidates": self.candidates.to_dict()} if self.candidates else {}),
+            **({"none_margin": round(self.none_margin, 6)} if self.none_margin else {}),
         }
 
     @classmethod
@@ -153,7 +157,40 @@ class Policy:
             candidates=CandidateRule.from_dict(data["candidates"])
             if data.get("candidates")
             else None,
+            none_margin=float(data.get("none_margin", 0.0)),
         )
+
+
+def none_log_ratio(probs: Floats, none_index: int) -> Floats:
+    """log(p(none) / p(best label)) of each row: above the margin, the answer is none."""
+    labels = np.delete(probs, none_index, axis=1).max(axis=1)
+    tiny = np.finfo(np.float64).tiny
+    return np.asarray(np.log(np.maximum(probs[:, none_index], tiny) / np.maximum(labels, tiny)))
+
+
+def answers(
+    probs: Floats, none_index: int | None, margin: float
+) -> tuple[npt.NDArray[np.intp], Floats]:
+    """Each row's answer index and its probability: the most probable outcome, except
+    that none must beat the best label by ``margin`` (``none_index`` None: closed set)."""
+    top = np.asarray(probs.argmax(axis=1), dtype=np.intp)
+    if none_index is not None and margin:
+        best_label = np.delete(probs, none_index, axis=1).argmax(axis=1)
+        best_label = best_label + (best_label >= none_index)
+        top = np.where(none_log_ratio(probs, none_index) > margin, none_index, best_label)
+    return top, probs[np.arange(len(top)), top]
+
+
+def fit_none_margin(probs: Floats, none_index: int, is_none: Bools, recall: float) -> float:
+    """The largest margin at which the SLM still answers none on ``recall`` of the
+    documents that are none: the fewest known documents called none (each a wrong answer
+    the policy may keep) for the none recall the user asks of the SLM."""
+    ratios = np.sort(none_log_ratio(probs[is_none], none_index))[::-1]
+    if not len(ratios) or recall <= 0:
+        return 0.0
+    k = min(len(ratios), max(1, math.ceil(recall * len(ratios) - 1e-9)))
+    # Strictly below the k-th largest ratio, so that it is still answered none.
+    return float(np.nextafter(ratios[k - 1], -np.inf))
 
 
 def stored_policy(manifest: ModelManifest) -> Policy | None:

@@ -18,11 +18,19 @@ from bench.open_set_data import relabel, split_labels
 from bench.scripted_server import ScriptedServer
 from cli.main import cli
 from models.base import default_gguf_path
-from models.policy import MAX_ESCALATION, Economics, Target, fit_policy, outcome
+from models.policy import (
+    MAX_ESCALATION,
+    Economics,
+    Target,
+    answers,
+    fit_none_margin,
+    fit_policy,
+    outcome,
+)
 from shiftdown.db import session_scope
 from shiftdown.errors import TaxonomyError
 from shiftdown.prompts import answer_schema, frontier_system_prompt
-from shiftdown.schema import Prediction, Task, TeacherExample
+from shiftdown.schema import ModelVersion, Prediction, Task, TeacherExample
 from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 from tests.conftest import DEMO
 from tests.helpers import celery_worker, settle, stop
@@ -93,6 +101,28 @@ def test_the_policy_gives_none_its_own_threshold_and_reports_none_recall() -> No
     assert policy.fitted["none_rate"] == 0.4
     # A closed-set outcome has no none figures at all.
     assert "none_recall" not in outcome(escalate, correct, econ).as_dict()
+
+
+def test_a_none_margin_trades_none_recall_for_fewer_labelled_documents_called_none() -> None:
+    # Outcomes a, b, none; five none documents whose none/best-label ratios differ.
+    probs = np.array(
+        [
+            [0.10, 0.10, 0.80],  # ratio 8
+            [0.20, 0.10, 0.70],  # 3.5
+            [0.30, 0.10, 0.60],  # 2
+            [0.40, 0.05, 0.55],  # 1.375
+            [0.60, 0.10, 0.30],  # 0.5: the SLM answers a
+            [0.45, 0.10, 0.45],  # a labelled document at a tie
+        ]
+    )
+    is_none = np.array([True] * 5 + [False])
+    margin = fit_none_margin(probs, 2, is_none, 0.6)  # 3 of 5
+    assert np.log(2) - 1e-9 < margin < np.log(2)
+    top, conf = answers(probs, 2, margin)
+    assert list(top) == [2, 2, 2, 0, 0, 0] and conf[3] == 0.40
+    assert list(answers(probs, 2, 0.0)[0]) == [2, 2, 2, 2, 0, 0]
+    assert list(answers(probs, None, 5.0)[0]) == [2, 2, 2, 2, 0, 0]  # closed: no margin
+    assert fit_none_margin(probs, 2, is_none, 1.0) < np.log(0.5)  # all five: below 0
 
 
 def test_the_open_set_bench_data_answers_unknown_labels_none() -> None:
@@ -194,7 +224,12 @@ def tiny_open(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "--out", str(folder / "model"), "--valid-frac", "0", "--epochs", "4", "--lr", "2e-3",
         "--batch-size", "8",
     )  # fmt: skip
-    return {"dir": folder / "model", "taxonomy": folder / "open.json", "held_out": held_out}
+    return {
+        "dir": folder / "model",
+        "taxonomy": folder / "open.json",
+        "held_out": held_out,
+        "train": train,
+    }
 
 
 def test_the_none_outcome_end_to_end_through_redis_postgres_and_a_worker(
@@ -209,10 +244,26 @@ def test_the_none_outcome_end_to_end_through_redis_postgres_and_a_worker(
     env = {**stack_env, "SHIFTDOWN_THRESHOLD": "0.8"}
     use_settings(**env)
     scripted.label_for = lambda t: reference[t] if reference.get(t) in KNOWN else NONE_LABEL
-    held_out: list[tuple[str, str]] = tiny_open["held_out"]
+    # Half of the held-out queries fit the policy, the other half is the run.
+    held: list[tuple[str, str]] = tiny_open["held_out"]
+    policy_data, held_out = held[::2], held[1::2]
     expected = {f"q{i}": label for i, (_, label) in enumerate(held_out)}
     docs = write_jsonl([{"id": f"q{i}", "text": t} for i, (t, _) in enumerate(held_out)])
     invoke("db", "upgrade")
+    # A policy with the none margin, fitted on queries the model was not trained on.
+    heldout = tmp_path / "heldout.csv"
+    with heldout.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *policy_data])
+    shown = invoke(
+        "policy", "set", "--task", "open", "--taxonomy", str(tiny_open["taxonomy"]),
+        "--model", str(tiny_open["dir"]), "--data", str(heldout), "--kept-accuracy", "0.9",
+        "--none-recall", "0.5", "--candidate-recall", "0",
+    ).stdout  # fmt: skip
+    assert "none recall" in shown and "the SLM answers none when" in shown
+    with session_scope() as s:
+        policy = s.scalars(select(ModelVersion.manifest)).one()["policy"]
+    margin = policy["none_margin"]
+    assert NONE_LABEL in policy["per_label"] and policy["fitted"]["none_recall"] >= 0.5
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         worker = celery_worker("slm,frontier", env, out, "-c", "1")
@@ -229,7 +280,8 @@ def test_the_none_outcome_end_to_end_through_redis_postgres_and_a_worker(
     with session_scope() as s:
         rows = s.execute(
             text(
-                "SELECT d.external_id, l.outcome, l.label, l.source, p.escalated "
+                "SELECT d.external_id, l.outcome, l.label, l.source, p.escalated, "
+                "p.distribution "
                 "FROM document_labels l JOIN documents d ON d.id = l.document_id "
                 "JOIN predictions p ON p.document_id = d.id AND p.stage = 'slm' "
                 "WHERE l.run_id = :run"
@@ -244,6 +296,11 @@ def test_the_none_outcome_end_to_end_through_redis_postgres_and_a_worker(
     # The SLM learned none: it keeps some none answers itself, with no label recorded.
     kept_none = [r for r in rows if r.source == "slm" and r.outcome == "none"]
     assert kept_none and all(r.label is None and not r.escalated for r in kept_none)
+    # The worker applied the policy's margin: each SLM none beat its best label by it.
+    for r in [r for r in rows if r.outcome == "none" and r.source == "slm"]:
+        dist = r.distribution if isinstance(r.distribution, dict) else json.loads(r.distribution)
+        best = max(p for k, p in dist.items() if k != NONE_LABEL)
+        assert np.log(dist[NONE_LABEL] / best) > margin - 1e-3
     assert sum(expected[r.external_id] == NONE_LABEL for r in kept_none) >= 0.8 * len(kept_none)
     # What the frontier answered is final, none included.
     for r in rows:

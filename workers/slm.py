@@ -23,13 +23,13 @@ from sqlalchemy.exc import OperationalError
 
 from models.classifier import Classification, Classifier, RuntimeOptions
 from models.decode_loop import DecodeLoop
-from models.policy import offered_k, stored_policy
+from models.policy import answers, offered_k, stored_policy
 from models.registry import model_name, spec_for, task_taxonomy
 from shiftdown.db import dispose_engines, session_scope
 from shiftdown.errors import FatalError, RetryableError
 from shiftdown.schema import DocState, Document, ModelVersion, Prediction, Run, Stage, Task
 from shiftdown.settings import get_settings
-from shiftdown.taxonomy import Taxonomy
+from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 from workers import results_stream
 from workers.app import TASK_FRONTIER, TASK_SLM, app, dispatch
 from workers.store import PredictionRow, SlmOutcome, store_slm_outcomes
@@ -166,6 +166,7 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
     s = get_settings()
     parked = DocState.ESCALATED if s.frontier_configured else DocState.AWAITING_FRONTIER
     thresholds: dict[int, dict[str, float]] = {}
+    margins: dict[int, float] = {}
     offered: dict[int, int] = {}
     names: dict[int, str] = {}
     outcomes: list[SlmOutcome] = []
@@ -178,10 +179,14 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
             # The version's manifest and policy, parsed once a batch for both uses.
             policy = stored_policy(version.read_manifest())
             thresholds[version.id] = policy.per_label if policy else {}
+            margins[version.id] = policy.none_margin if policy else 0.0
             offered[version.id] = offered_k(policy, s.frontier_top_k)
             names[version.id] = model_name(version)
-        limit = thresholds[version.id].get(outcome.label, item.run.threshold)
-        escalated = outcome.confidence < limit
+        label, confidence = outcome.label, outcome.confidence
+        if margins[version.id] and taxonomy.open_set:
+            label, confidence = _with_margin(outcome, taxonomy, margins[version.id])
+        limit = thresholds[version.id].get(label, item.run.threshold)
+        escalated = confidence < limit
         # An escalated document's stored distribution holds every label its frontier
         # request will offer (workers/frontier.py reads them from it).
         top_k = s.store_top_k
@@ -191,8 +196,8 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
             document_id=item.doc_id,
             run_id=item.run.id,
             stage=Stage.SLM,
-            label=taxonomy.label_of(outcome.label),
-            confidence=outcome.confidence,
+            label=taxonomy.label_of(label),
+            confidence=confidence,
             model=names[version.id],
             latency_ms=outcome.latency_ms,
             prompt_tokens=outcome.prompt_tokens,
@@ -203,6 +208,12 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
         state = parked if escalated else DocState.CLASSIFIED
         outcomes.append(SlmOutcome(item.doc_id, state, outcome.truncated, prediction))
     return outcomes
+
+
+def _with_margin(outcome: Classification, taxonomy: Taxonomy, margin: float) -> tuple[str, float]:
+    """The answer when none must beat the best label by the policy's margin."""
+    top, prob = answers(outcome.probs[None, :], taxonomy.outcomes.index(NONE_LABEL), margin)
+    return taxonomy.outcomes[int(top[0])], float(prob[0])
 
 
 def process_batch(ids: list[int]) -> int:
