@@ -23,7 +23,7 @@ LLAMA_CPP_VERSION := 0.3.36
 # extra's range is already met and no CUDA build is pulled in).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-train demo test lint clean
+.PHONY: install install-train demo test lint docs clean
 
 $(BIN)/shiftdown: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ lint: install-train
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The docs site (MkDocs + Material) into build/site; strict: a broken link or reference fails.
+docs: install-train
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) *.egg-info demo.db*

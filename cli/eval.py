@@ -22,9 +22,10 @@ from models.scoring import HeldoutData, evaluate_version
     "data_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     required=True,
+    help="Labelled CSV or JSONL the model was not trained on.",
 )
-@click.option("--label-column", default="label", show_default=True)
-@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True, help="Column of the label.")
+@click.option("--text-column", default="text", show_default=True, help="Column of the text.")
 @model_option()
 @task_option
 @taxonomy_option

@@ -21,9 +21,14 @@ from shiftdown.taxonomy import Taxonomy
     required=True,
     help="Teacher set (CSV or JSONL).",
 )
-@click.option("--taxonomy", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
+@click.option(
+    "--taxonomy",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="Label file (JSON/YAML); open_set: true adds the none outcome.",
+)
+@click.option("--text-column", default="text", show_default=True, help="Column of the text.")
+@click.option("--label-column", default="label", show_default=True, help="Column of the label.")
 @click.option(
     "--out",
     "out_dir",
@@ -50,11 +55,11 @@ from shiftdown.taxonomy import Taxonomy
     default=None,
     help="Train on the first N examples of the seeded split only.",
 )
-@click.option("--epochs", default=1.0, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--epochs", default=1.0, show_default=True, help="Passes over the training split.")
+@click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--rank", default=16, show_default=True, help="LoRA rank.")
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--batch-size", default=16, show_default=True, help="Examples per step.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the split and training.")
 @click.option(
     "--full", is_flag=True, help="Full fine-tune instead of LoRA (serves the merged Q8_0)."
 )

@@ -11,8 +11,8 @@ from shiftdown.settings import get_settings
 
 
 @click.command()
-@click.option("--port", default=5555, show_default=True)
-@click.option("--address", default="0.0.0.0", show_default=True)
+@click.option("--port", default=5555, show_default=True, help="Port to serve Flower on.")
+@click.option("--address", default="0.0.0.0", show_default=True, help="Address to listen on.")
 def flower(port: int, address: str) -> None:
     """Run Flower for the slm and frontier queues (needs SHIFTDOWN_FLOWER_PASSWORD)."""
     s = get_settings()

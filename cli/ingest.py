@@ -40,7 +40,9 @@ def stream_run(source_name: str) -> int | None:
     "the same name takes up its own pending entries at once.",
 )
 @click.option("--redis", "url", default=None, help="Redis URL (default: the broker's).")
-@click.option("--text-field", default="text", show_default=True)
+@click.option(
+    "--text-field", default="text", show_default=True, help="Stream entry field of the text."
+)
 @click.option("--id-field", default="id", show_default=True, help="(default: the entry id)")
 @click.option(
     "--claim-idle-ms",

@@ -20,8 +20,8 @@ def registry() -> CollectorRegistry:
 
 
 @click.command()
-@click.option("--port", default=9808, show_default=True)
-@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9808, show_default=True, help="Port of the metrics endpoint.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @handle_errors
 def metrics(port: int, address: str) -> None:
     """Serve /metrics (Prometheus text format) until interrupted."""

@@ -83,6 +83,7 @@ def input_options(func: F) -> F:
             type=click.Choice(["auto", "jsonl", "csv", "text"]),
             default="auto",
             show_default=True,
+            help="Input format (auto: from the file name, else the content).",
         ),
         click.option(
             "--text-field",
@@ -124,8 +125,12 @@ def heldout_options(func: F) -> F:
             default=None,
             help="Held-out labelled CSV/JSONL (default: the split `finetune` held out).",
         ),
-        click.option("--text-column", default="text", show_default=True),
-        click.option("--label-column", default="label", show_default=True),
+        click.option(
+            "--text-column", default="text", show_default=True, help="Column of the text."
+        ),
+        click.option(
+            "--label-column", default="label", show_default=True, help="Column of the label."
+        ),
         limit_option("Use"),
     ]
     for decorator in reversed(decorators):

@@ -76,6 +76,7 @@ def print_report(run_id: int | None, fmt: str, html_path: str | None = None) -> 
     type=click.Choice(["table", "json", "csv"]),
     default="table",
     show_default=True,
+    help="Output format.",
 )
 @click.option(
     "--html",

@@ -42,7 +42,9 @@ from shiftdown.settings import get_settings
 @target_options
 @click.option("--per-label", is_flag=True, help="Per-label thresholds for both models.")
 @economics_option
-@click.option("--epochs", default=1.0, show_default=True)
+@click.option(
+    "--epochs", default=1.0, show_default=True, help="Passes over the candidate's training split."
+)
 @click.option("--valid-frac", default=0.1, show_default=True, help="Held out of training.")
 @handle_errors
 def retrain(task_name: str | None, **options: Any) -> None:

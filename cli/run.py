@@ -15,7 +15,11 @@ from workers.app import run_in_process
 @click.command()
 @input_options
 @click.option(
-    "--report-format", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--report-format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Format of the report printed at the end.",
 )
 @click.option(
     "--out",

@@ -38,7 +38,7 @@ def run_counts(run_id: int | None) -> tuple[int, dict[str, int], int, bool]:
 
 @click.command()
 @click.argument("run_id", type=int, required=False)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @handle_errors
 def status(run_id: int | None, as_json: bool) -> None:
     """Documents of RUN_ID (default: the latest run) by state."""

@@ -52,7 +52,12 @@ def list_tasks() -> None:
 @click.argument("name")
 @taxonomy_option
 @open_set_option
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Confidence below which documents escalate (a stored policy wins over it).",
+)
 @click.option("--queue", default=None, help="SLM queue of this task (pin workers with -Q QUEUE).")
 @handle_errors
 def set_task(

@@ -32,8 +32,8 @@ def teach() -> None:
 
 @teach.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
+@click.option("--text-column", default="text", show_default=True, help="Column of the text.")
+@click.option("--label-column", default="label", show_default=True, help="Column of the label.")
 @task_option
 @taxonomy_option
 @handle_errors
@@ -53,11 +53,13 @@ def import_command(
 
 @teach.command("label")
 @click.argument("source", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--text-field", default="text", show_default=True)
+@click.option(
+    "--text-field", default="text", show_default=True, help="JSON field or CSV column of the text."
+)
 @click.option(
     "--sample", type=int, default=None, help="Label a seeded random sample of N documents."
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the sample.")
 @task_option
 @taxonomy_option
 @handle_errors
