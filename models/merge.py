@@ -27,7 +27,8 @@ import numpy.typing as npt
 logger = logging.getLogger(__name__)
 
 # llama.cpp file types (enum llama_ftype) by the name `SHIFTDOWN_SERVE_TYPE` and
-# `export --type` take. Q4_1 is here for the record of its defect (README, Served forms).
+# `export --type` take. Q4_1 is here for the record of its defect (docs/performance.md,
+# Served forms).
 FILE_TYPES = {
     "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
     "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
@@ -202,8 +203,8 @@ def same_grid(base: Path, adapter: Path, kind: str) -> list[str]:
     """The adapted tensors that ``base`` already stores in ``kind``'s own block type.
 
     Quantizing base + a small update back onto the base's own grid rounds much of the
-    update back to the base's values (README, Served forms: Q4_1 onto the Q4_1 base kept
-    63 % of the demo adapter's update, and 66.8 % accuracy against 91.4 %).
+    update back to the base's values (docs/performance.md, Served forms: Q4_1 onto the
+    Q4_1 base kept 63 % of the demo adapter's update, and 66.8 % accuracy against 91.4 %).
     """
     import gguf
 

@@ -19,7 +19,7 @@ from shiftdown.costs import DEFAULT_PRICES, Price
 # llama.cpp at run time, or merged into one GGUF of a llama.cpp type (models.merge).
 ServeType = Literal["adapter", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q4_1"]
 SERVE_TYPES: tuple[str, ...] = get_args(ServeType)
-# Measured on the demo adapter (README, Served forms): merged Q8_0 gives the adapter's
+# Measured on the demo adapter (docs/performance.md, Served forms): merged Q8_0 gives the adapter's
 # labels at about twice its speed on CPU; the 4- and 5-bit types lose accuracy.
 DEFAULT_SERVE_TYPE: ServeType = "q8_0"
 

@@ -241,7 +241,7 @@ def test_register_makes_the_served_form_and_export_pins_a_type(
 
 def test_a_merge_onto_the_bases_own_grid_is_flagged() -> None:
     adapter = DEMO_MODEL / "adapter.gguf"
-    # Every projection the demo adapter updates is Q4_1 in the bundled base (README,
+    # Every projection the demo adapter updates is Q4_1 in the bundled base (docs/performance.md,
     # Served forms: why Q4_1 loses the adapter); Q8_0 is another grid.
     assert len(same_grid(default_gguf_path(), adapter, "q4_1")) == len(read_lora(adapter))
     assert same_grid(default_gguf_path(), adapter, "q8_0") == []

@@ -50,14 +50,3 @@ def test_prices_match_dated_snapshots_to_their_family() -> None:
     # 1M prompt tokens and 1M completion tokens of gpt-4o: $2.50 + $10.00.
     assert cost_usd("gpt-4o", 1_000_000, 1_000_000, DEFAULT_PRICES) == pytest.approx(12.5)
     assert cost_usd("gpt-4", 1000, 10, DEFAULT_PRICES) == pytest.approx(0.0306)
-
-
-def test_readme_documents_every_setting() -> None:
-    from shiftdown.settings import Settings
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        env = alias.choices[0] if alias is not None else f"SHIFTDOWN_{name.upper()}"  # type: ignore[union-attr]
-        assert f"`{env}`" in readme, env
-        assert field.description, name
