@@ -135,9 +135,11 @@ class Policy:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for the manifest."""
+        # Thresholds unrounded: a threshold just under 1 rounded to 1.0 would escalate the
+        # very documents it was solved to keep.
         return {
-            "threshold": round(self.threshold, 6),
-            "per_label": {k: round(v, 6) for k, v in self.per_label.items()},
+            "threshold": self.threshold,
+            "per_label": dict(self.per_label),
             "target": {"kind": self.target.kind, "value": self.target.value},
             "temperature": self.temperature,
             "fitted": self.fitted,

@@ -31,7 +31,14 @@ def read_labelled(
                     except json.JSONDecodeError as exc:
                         problems.append(f"line {line_no}: invalid JSON ({exc.msg})")
         else:
-            rows = list(enumerate(csv.DictReader(f), start=2))
+            reader = csv.DictReader(f)
+            missing = [c for c in (text_column, label_column) if c not in (reader.fieldnames or [])]
+            if missing:
+                raise RecordError(
+                    f"{path}: no column {', '.join(map(repr, missing))} "
+                    f"(its columns: {', '.join(reader.fieldnames or [])})"
+                )
+            rows = list(enumerate(reader, start=2))
         for line_no, row in rows:
             text, label = row.get(text_column), row.get(label_column)
             if not isinstance(text, str) or not text.strip():

@@ -228,7 +228,6 @@ def tiny_open(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "dir": folder / "model",
         "taxonomy": folder / "open.json",
         "held_out": held_out,
-        "train": train,
     }
 
 
@@ -300,7 +299,8 @@ def test_the_none_outcome_end_to_end_through_redis_postgres_and_a_worker(
     for r in [r for r in rows if r.outcome == "none" and r.source == "slm"]:
         dist = r.distribution if isinstance(r.distribution, dict) else json.loads(r.distribution)
         best = max(p for k, p in dist.items() if k != NONE_LABEL)
-        assert np.log(dist[NONE_LABEL] / best) > margin - 1e-3
+        # The stored distribution is rounded to 6 decimals: a best label of 0.0 is below it.
+        assert best == 0.0 or np.log(dist[NONE_LABEL] / best) > margin - 1e-3
     assert sum(expected[r.external_id] == NONE_LABEL for r in kept_none) >= 0.8 * len(kept_none)
     # What the frontier answered is final, none included.
     for r in rows:
