@@ -283,10 +283,12 @@ def parked_reasons(session: Session, run_id: int) -> dict[str, int]:
 
 def agreement_by_run(session: Session, run_ids: Sequence[int], stage: str) -> dict[int, Agreement]:
     """How often the SLM's label matches the frontier's at ``stage``, per run:
-    ``frontier`` for escalated documents, ``audit`` for the sample of kept ones."""
+    ``frontier`` for escalated documents, ``audit`` for the sample of kept ones. Two none
+    outcomes (no label) agree."""
     slm, other = aliased(Prediction), aliased(Prediction)
+    same = case((slm.label.is_not_distinct_from(other.label), 1), else_=0)
     rows = session.execute(
-        select(slm.run_id, func.count(), func.sum(case((slm.label == other.label, 1), else_=0)))
+        select(slm.run_id, func.count(), func.sum(same))
         .select_from(slm)
         .join(other, (other.document_id == slm.document_id) & (other.stage == stage))
         .where(slm.run_id.in_(run_ids), slm.stage == Stage.SLM)

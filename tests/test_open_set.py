@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from bench.open_set_data import relabel, split_labels
 from bench.scripted_server import ScriptedServer
@@ -30,6 +30,7 @@ from models.policy import (
 from shiftdown.db import session_scope
 from shiftdown.errors import TaxonomyError
 from shiftdown.prompts import answer_schema, frontier_system_prompt
+from shiftdown.reporting import agreement
 from shiftdown.schema import ModelVersion, Prediction, Task, TeacherExample
 from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 from tests.conftest import DEMO
@@ -191,6 +192,29 @@ def test_a_frontier_none_is_final_recorded_without_a_label_and_taught(
     exported = invoke("results", "1", "--format", "jsonl").stdout.splitlines()
     labels = {row["external_id"]: row["label"] for row in map(json.loads, exported)}
     assert labels["d6"] is None and labels["d0"] in KNOWN
+
+    # Two none outcomes agree (an audit or an escalation that confirms the SLM's none):
+    # with the SLM's answer for the off-topic documents set to none, every one agrees.
+    with session_scope() as s:
+        off = [d for d, label in frontier.items() if label is None]
+        s.execute(
+            update(Prediction)
+            .where(Prediction.document_id.in_(off), Prediction.stage == "slm")
+            .values(label=None)
+        )
+    with session_scope() as s:
+        pairs = s.execute(
+            text(
+                "SELECT s.label, f.label FROM predictions s JOIN predictions f "
+                "ON f.document_id = s.document_id AND f.stage = 'frontier' WHERE s.stage = 'slm'"
+            )
+        ).all()
+        agreed = s.execute(
+            text("SELECT agreed FROM slm_frontier_agreement WHERE run_id = 1")
+        ).scalar()
+        measured = agreement(s, 1, "frontier")
+    assert agreed == sum(a == b for a, b in pairs) >= 4
+    assert measured.agreement == pytest.approx(agreed / 10)
 
     # Closing the task again: the none answer is no longer offered.
     invoke("tasks", "set", "open", "--closed-set")

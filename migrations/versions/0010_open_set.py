@@ -2,7 +2,8 @@
 
 ``tasks.open_set`` marks such a task. A none outcome is a prediction without a label
 (``predictions.label`` NULL), so per-label figures and views never count it as a label;
-``document_labels`` gains ``outcome`` ('label' or 'none'; NULL while pending).
+``document_labels`` gains ``outcome`` ('label' or 'none'; NULL while pending), and
+``slm_frontier_agreement`` counts two none outcomes as agreeing (a null-safe comparison).
 
 Making a column nullable rebuilds the table on SQLite, and SQLite refuses to rename a
 table that views read, so there every view is dropped first and recreated as it was
@@ -51,6 +52,29 @@ def _set_label_nullable(nullable: bool) -> None:
         op.execute(sql)
 
 
+AGREEMENT = """
+CREATE VIEW slm_frontier_agreement AS
+SELECT s.run_id, f.stage AS frontier_stage, count(*) AS documents_seen_by_both,
+       sum(CASE WHEN {same} THEN 1 ELSE 0 END) AS agreed,
+       1.0 * sum(CASE WHEN {same} THEN 1 ELSE 0 END) / count(*) AS agreement
+FROM predictions s
+JOIN predictions f ON f.document_id = s.document_id AND f.stage IN ('frontier', 'audit')
+WHERE s.stage = 'slm'
+GROUP BY s.run_id, f.stage
+"""
+
+
+def _agreement(null_safe: bool) -> None:
+    op.execute("DROP VIEW slm_frontier_agreement")
+    if not null_safe:
+        same = "s.label = f.label"
+    elif op.get_bind().dialect.name == "sqlite":
+        same = "s.label IS f.label"
+    else:
+        same = "s.label IS NOT DISTINCT FROM f.label"
+    op.execute(AGREEMENT.format(same=same))
+
+
 def upgrade() -> None:
     op.add_column(
         "tasks",
@@ -59,9 +83,11 @@ def upgrade() -> None:
     op.execute("DROP VIEW document_labels")
     _set_label_nullable(True)
     op.execute(DOCUMENT_LABELS.format(outcome=OUTCOME))
+    _agreement(null_safe=True)
 
 
 def downgrade() -> None:
+    _agreement(null_safe=False)
     op.execute("DROP VIEW document_labels")
     # A none outcome has no label to go back to: those predictions are dropped.
     op.execute("DELETE FROM predictions WHERE label IS NULL")
