@@ -159,3 +159,21 @@ def figures(test: str, submitted: int, run_id: int, calls_made: int | None = Non
         f"lost {submitted - c['labelled']}, duplicated {c['duplicates']}, "
         f"billed attempts recorded {c['frontier_calls']}{calls}"
     )
+
+
+# Not banking: the demo model has never seen anything like them.
+OFF_TOPIC = [
+    "what temperature should I bake sourdough bread at",
+    "the striker scored twice in the second half",
+    "how many moons does jupiter have",
+    "my cat keeps knocking the plant off the windowsill",
+    "recommend a good hiking trail near the lake",
+    "the train to the airport was delayed again",
+]
+
+
+def invoke(*args: str) -> Any:
+    """Run a shiftdown command in this process; it must succeed."""
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result

@@ -18,26 +18,10 @@ from cli.main import cli
 from shiftdown.db import session_scope
 from shiftdown.schema import Document, ModelVersion, Prediction, Run, TeacherExample
 from tests.conftest import ROOT
-from tests.helpers import counts, final_labels
+from tests.helpers import OFF_TOPIC, counts, final_labels, invoke
 from workers.slm import audited
 
 MODEL = ROOT / "demo" / "banking77-lora"
-
-# Not banking: the demo model has never seen anything like them.
-OFF_TOPIC = [
-    "what temperature should I bake sourdough bread at",
-    "the striker scored twice in the second half",
-    "how many moons does jupiter have",
-    "my cat keeps knocking the plant off the windowsill",
-    "recommend a good hiking trail near the lake",
-    "the train to the airport was delayed again",
-]
-
-
-def invoke(*args: str) -> Any:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def report(run_id: int) -> dict[str, Any]:

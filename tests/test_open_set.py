@@ -11,12 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import select, text, update
 
 from bench.open_set_data import relabel, split_labels
 from bench.scripted_server import ScriptedServer
-from cli.main import cli
 from models.base import default_gguf_path
 from models.policy import (
     MAX_ESCALATION,
@@ -34,21 +32,11 @@ from shiftdown.reporting import agreement
 from shiftdown.schema import ModelVersion, Prediction, Task, TeacherExample
 from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 from tests.conftest import DEMO
-from tests.helpers import celery_worker, settle, stop
+from tests.helpers import OFF_TOPIC as ALL_OFF_TOPIC
+from tests.helpers import celery_worker, invoke, settle, stop
 
 KNOWN = ["card_arrival", "pin_blocked", "age_limit"]
-OFF_TOPIC = [
-    "what temperature should I bake sourdough bread at",
-    "the striker scored twice in the second half",
-    "how many moons does jupiter have",
-    "recommend a good hiking trail near the lake",
-]
-
-
-def invoke(*args: str) -> Any:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
+OFF_TOPIC = ALL_OFF_TOPIC[:4]
 
 
 def test_an_open_set_taxonomy_adds_the_none_outcome_and_keeps_closed_ones_as_they_were() -> None:
