@@ -19,7 +19,7 @@ from models.finetune_manifest import verify_base
 from shiftdown.errors import ConfigError, ModelError
 from shiftdown.manifest import ModelManifest
 from shiftdown.schema import ModelVersion, Task, utcnow
-from shiftdown.taxonomy import Taxonomy
+from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 
 
 def ensure_task(
@@ -251,6 +251,11 @@ def _mismatch(manifest: ModelManifest, task: Task) -> str | None:
     current = task_taxonomy(task).outcomes
     if trained is None or list(trained) == current:
         return None
+    if [*trained, NONE_LABEL] == current:
+        return (
+            f"the model was trained closed-set for task {task.name!r}'s labels, and the task "
+            "is open-set (documents may end as none of them)"
+        )
     added = len(set(current) - set(trained))
     removed = len(set(trained) - set(current))
     return (

@@ -25,8 +25,10 @@ from models.policy import (
     fit_policy,
     outcome,
 )
+from models.registry import check_labels
 from shiftdown.db import session_scope
-from shiftdown.errors import TaxonomyError
+from shiftdown.errors import ConfigError, TaxonomyError
+from shiftdown.manifest import ModelManifest
 from shiftdown.prompts import answer_schema, frontier_system_prompt
 from shiftdown.reporting import agreement
 from shiftdown.schema import ModelVersion, Prediction, Task, TeacherExample
@@ -55,6 +57,13 @@ def test_an_open_set_taxonomy_adds_the_none_outcome_and_keeps_closed_ones_as_the
         Taxonomy.from_data({"labels": KNOWN, "open_set": "yes"})
     # A closed task may still have a label of that name: it is an ordinary label there.
     assert Taxonomy.from_data([*KNOWN, NONE_LABEL]).label_of(NONE_LABEL) == NONE_LABEL
+
+
+def test_a_closed_set_model_is_not_served_to_an_open_set_task() -> None:
+    task = Task(name="t", taxonomy=Taxonomy.from_data(KNOWN).to_data(), open_set=True)
+    with pytest.raises(ConfigError, match="trained closed-set for task 't'"):
+        check_labels(ModelManifest(labels=KNOWN), task)
+    check_labels(ModelManifest(labels=[*KNOWN, NONE_LABEL]), task)
 
 
 def test_the_frontier_request_offers_none_only_on_an_open_set_task() -> None:
