@@ -50,6 +50,7 @@ import numpy.typing as npt
 from bench.open_set_data import DATA, finetune_command, prepare, read_rows
 from bench.stack import ROOT
 from bench.table import print_table
+from models.calibration import softmax_rows
 from models.classifier import Classifier, ModelSpec, RuntimeOptions
 from models.finetune_manifest import file_sha256
 from models.policy import MAX_ESCALATION, Economics, Target, answers, fit_none_margin, fit_policy
@@ -60,13 +61,6 @@ from shiftdown.taxonomy import NONE_LABEL
 Floats = npt.NDArray[np.float64]
 DEMO = ROOT / "demo" / "banking77-lora"
 TARGETS = (0.05, 0.10, 0.15)
-
-
-def softmax(logits: Floats) -> Floats:
-    """Row-wise softmax."""
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    out: Floats = z / z.sum(axis=1, keepdims=True)
-    return out
 
 
 def figures(pred: list[str], gold: list[str], known: list[str]) -> dict[str, float]:
@@ -129,7 +123,7 @@ class Detector:
         """Higher: more like a known label."""
         known = logits[:, self.known]
         if self.name == "max_softmax":
-            result: Floats = softmax(logits)[:, self.known].max(axis=1)
+            result: Floats = softmax_rows(logits, 1.0)[:, self.known].max(axis=1)
             return result
         m = known.max(axis=1)
         return np.asarray(m + np.log(np.exp(known - m[:, None]).sum(axis=1)))  # -energy

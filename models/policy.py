@@ -135,8 +135,9 @@ class Policy:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for the manifest."""
-        # Thresholds unrounded: a threshold just under 1 rounded to 1.0 would escalate the
-        # very documents it was solved to keep.
+        # Thresholds and the none margin unrounded: a threshold just under 1 rounded to 1.0
+        # would escalate the very documents it was solved to keep, and a margin rounded up
+        # past the ratio it was fitted just below would turn those answers away from none.
         return {
             "threshold": self.threshold,
             "per_label": dict(self.per_label),
@@ -144,7 +145,7 @@ class Policy:
             "temperature": self.temperature,
             "fitted": self.fitted,
             **({"candidates": self.candidates.to_dict()} if self.candidates else {}),
-            **({"none_margin": round(self.none_margin, 6)} if self.none_margin else {}),
+            **({"none_margin": self.none_margin} if self.none_margin else {}),
         }
 
     @classmethod

@@ -139,13 +139,16 @@ def record_outcome(
     if result.status == OK and result.label is not None:
         run = session.get_one(Run, run_id)
         # On an open-set task "none" is an outcome, recorded without a label; it is
-        # still the teacher's answer, which the SLM learns as one.
-        open_set = bool(session.scalar(select(Task.open_set).where(Task.name == run.task_name)))
+        # still the teacher's answer, which the SLM learns as one. Only that answer needs
+        # the task read (a closed task may have a label of the name).
+        is_none = result.label == NONE_LABEL and bool(
+            session.scalar(select(Task.open_set).where(Task.name == run.task_name))
+        )
         row = PredictionRow(
             document_id=document_id,
             run_id=run_id,
             stage=stage,
-            label=None if open_set and result.label == NONE_LABEL else result.label,
+            label=None if is_none else result.label,
             confidence=result.confidence,
             model=result.model,
             latency_ms=result.latency_ms,
