@@ -41,6 +41,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +52,10 @@ import numpy.typing as npt
 from bench.open_set_data import DATA, finetune_command, prepare, read_rows
 from bench.stack import ROOT
 from bench.table import print_table
+from bench.unfamiliar import detector_lines
 from models.calibration import softmax_rows
-from models.classifier import Classifier, ModelSpec, RuntimeOptions
+from models.classifier import Classification, Classifier, ModelSpec, RuntimeOptions
+from models.familiarity import DEFAULT_METHOD, Familiarity, fit
 from models.finetune_manifest import file_sha256
 from models.policy import MAX_ESCALATION, Economics, Target, answers, fit_none_margin, fit_policy
 from models.registry import load_model_dir
@@ -82,10 +86,13 @@ def figures(pred: list[str], gold: list[str], known: list[str]) -> dict[str, flo
     }
 
 
-def scored(model: Path, examples: list[tuple[str, str]], threads: int, cache: Path) -> Scores:
-    """The model's logits on ``examples``, served as workers serve it; kept in ``cache``
-    under a hash of the served file, the manifest and the texts, so that a rerun (or an
-    analysis of the same scores) does not score again."""
+def scored(
+    model: Path, examples: list[tuple[str, str]], threads: int, cache: Path
+) -> tuple[Scores, npt.NDArray[np.float32]]:
+    """The model's logits on ``examples``, served as workers serve it, and its final
+    hidden states (``models.familiarity``); kept in ``cache`` under a hash of the served
+    file, the manifest and the texts, so that a rerun (or an analysis of the same scores)
+    does not score again."""
     gguf, adapter, manifest = load_model_dir(model)
     labels = tuple(manifest.labels or ())
     spec = ModelSpec(str(gguf), labels, str(adapter) if adapter else None, manifest)
@@ -101,11 +108,27 @@ def scored(model: Path, examples: list[tuple[str, str]], threads: int, cache: Pa
     gold = np.asarray([index[g] for _, g in examples], dtype=np.intp)
     if path.is_file():
         with np.load(path) as data:
-            return Scores(labels, data["logits"], gold, data["latency_ms"], float(data["elapsed"]))
-    result = score(Classifier(spec, options), examples)
+            if "hidden" in data:
+                got = Scores(
+                    labels, data["logits"], gold, data["latency_ms"], float(data["elapsed"])
+                )
+                return got, data["hidden"]
+    clf = Classifier(spec, replace(options, familiarity=False))
+    clf.hidden_states = True
+    states: list[npt.NDArray[np.float32]] = []
+
+    def keep(result: Classification) -> None:
+        assert result.hidden is not None
+        states.append(result.hidden)
+
+    result = score(clf, examples, on_result=keep)
+    hidden = np.stack(states).astype(np.float32)
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, logits=result.logits, latency_ms=result.latency_ms, elapsed=result.elapsed_s)
-    return result
+    np.savez(
+        path, logits=result.logits, latency_ms=result.latency_ms, elapsed=result.elapsed_s,
+        hidden=hidden,
+    )  # fmt: skip
+    return result, hidden
 
 
 class Detector:
@@ -150,10 +173,16 @@ class Detector:
 
 
 def cascade(
-    scores: Scores, heldout: Scores, gold: list[str], known: list[str], rate: float
+    scores: Scores,
+    heldout: Scores,
+    gold: list[str],
+    known: list[str],
+    rate: float,
+    flagged: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[dict[str, float], float]:
     """The cascade's figures at an escalation target fitted on the held-out split, and
-    the share of test queries it escalated."""
+    the share of test queries it escalated (``flagged`` ones escalated whatever their
+    confidence, as an unfamiliar document is)."""
     econ = Economics(usd_per_escalation=0.0)
     policy = fit_policy(
         heldout.confidence(1.0),
@@ -164,6 +193,8 @@ def cascade(
         nones=heldout.outcome_masks(NONE_LABEL),
     )
     escalate = policy.escalate(scores.predicted, scores.confidence(1.0))
+    if flagged is not None:
+        escalate = escalate | flagged
     final = [g if e else p for p, g, e in zip(scores.predicted, gold, escalate, strict=True)]
     return figures(final, gold, known), float(escalate.mean())
 
@@ -174,12 +205,81 @@ def closed_reference(
     """The demo model's accuracy on the known-label queries, its answer restricted to
     the known labels."""
     queries = [(t, g) for t, g in test if g != NONE_LABEL]
-    ref = scored(DEMO, queries, threads, cache)
+    ref, _ = scored(DEMO, queries, threads, cache)
     allowed = [ref.labels.index(k) for k in known]
     masked = np.full_like(ref.logits, -np.inf)
     masked[:, allowed] = ref.logits[:, allowed]
     pred = [ref.labels[i] for i in masked.argmax(axis=1)]
     return float(np.mean([p == g for p, (_, g) in zip(pred, queries, strict=True)]))
+
+
+def score_cost(
+    model: Path, texts: list[str], score: Familiarity, threads: int, repeats: int = 3
+) -> dict[str, float]:
+    """Seconds per document of classify_many without and with the unfamiliarity score
+    (the split decode and the distance), in the same process, alternating, best of
+    ``repeats``; and their ratio."""
+    gguf, adapter, manifest = load_model_dir(model)
+    spec = ModelSpec(str(gguf), tuple(manifest.labels or ()), str(adapter) if adapter else None)
+    clf = Classifier(spec, RuntimeOptions(n_threads=threads, parallel=8, familiarity=False))
+    best = {"plain": np.inf, "scored": np.inf}
+    labels: dict[str, list[str]] = {}
+    clf.classify_many(texts[:16])  # warm
+    for _ in range(repeats):
+        for kind in best:
+            clf.familiarity = score if kind == "scored" else None
+            clf.hidden_states = kind == "scored"
+            started = time.perf_counter()
+            results = clf.classify_many(texts)
+            best[kind] = min(best[kind], (time.perf_counter() - started) / len(texts))
+            labels[kind] = [r.label for r in results]
+    same = np.mean([a == b for a, b in zip(labels["plain"], labels["scored"], strict=True)])
+    return {
+        "same_label": float(same),
+        "documents": len(texts),
+        "plain_ms": 1000 * best["plain"],
+        "scored_ms": 1000 * best["scored"],
+        "ratio": best["scored"] / best["plain"],
+    }
+
+
+def unfamiliar_lines(
+    work: Path,
+    model: Path,
+    test: list[tuple[str, str]],
+    held: list[tuple[str, str]],
+    runs: tuple[Scores, Scores],
+    states: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
+    known: list[str],
+    threads: int,
+) -> dict[str, Any]:
+    """Each detector of unknown queries (``bench.unfamiliar``) on the test split, the
+    cascade with its flags escalated, and what the score costs per document."""
+    scores, held_scores = runs
+    held_texts = {t for t, _ in held}
+    with (work / "teacher.csv").open(encoding="utf-8", newline="") as f:
+        train = [(r["text"], r["label"]) for r in csv.DictReader(f) if r["text"] not in held_texts]
+    _, train_states = scored(model, train, threads, work / "scores")
+    gold = [g for _, g in test]
+    unknown = np.asarray([g == NONE_LABEL for g in gold])
+    lines, fitted = detector_lines(
+        scores.logits,
+        held_scores.logits,
+        scores.labels,
+        NONE_LABEL,
+        {"train": train_states, "heldout": states[1], "test": states[0]},
+        [label for _, label in train],
+    )
+    out: dict[str, Any] = {"fitted": fitted, "train_documents": len(train), "lines": {}}
+    for line in lines:
+        lines_out: dict[str, Any] = {}
+        for r in TARGETS:
+            figs, escalated = cascade(scores, held_scores, gold, known, r, line.flags)
+            lines_out[f"target_{round(100 * r)}"] = {"figures": figs, "escalated": escalated}
+        out["lines"][line.name] = {**line.figures(unknown), "cascade": lines_out}
+    default = fit(DEFAULT_METHOD, train_states, [label for _, label in train], states[1])
+    out["cost"] = score_cost(model, [t for t, _ in test[:512]], default, threads)
+    return out
 
 
 def run(
@@ -200,7 +300,8 @@ def run(
     gold = [g for _, g in test]
     held_gold = [g for _, g in held]
     cache = work / "scores"
-    scores, held_scores = scored(model, test, threads, cache), scored(model, held, threads, cache)
+    scores, test_states = scored(model, test, threads, cache)
+    held_scores, held_states = scored(model, held, threads, cache)
 
     detectors: dict[str, dict[str, Any]] = {}
     for name in ("none_answer", "max_softmax", "energy"):
@@ -243,7 +344,11 @@ def run(
     lines = {
         f"cascade_{round(100 * r)}": cascade(scores, held_scores, gold, known, r) for r in TARGETS
     }
+    unfamiliar = unfamiliar_lines(
+        work, model, test, held, (scores, held_scores), (test_states, held_states), known, threads
+    )
     return {
+        "unfamiliar": unfamiliar,
         "seed": seed,
         "teach_none": teach_none,
         "known_labels": len(known),
@@ -307,6 +412,33 @@ def main() -> None:
         print(
             f"none recall, {kind} unknown labels ({x['queries']} queries): {pct(x['none_recall'])}"
         )
+    unfamiliar = result["unfamiliar"]
+    calibrated = unfamiliar["fitted"]["knn"]["calibrated_on"]
+    print(
+        f"\nunknown queries detected (thresholds fitted on {calibrated} held-out known "
+        f"queries for 5 % false flags; banks of {unfamiliar['train_documents']} training queries)"
+    )
+    print_table(
+        ["detector", "AUROC", "FPR at 95 % TPR", "unknown recall", "known false flags"],
+        [[name, f"{x['auroc']:.3f}", pct(x["fpr_at_95_tpr"]), pct(x["unknown_recall"]),
+          pct(x["known_false_flags"])] for name, x in unfamiliar["lines"].items()],
+    )  # fmt: skip
+    rows = []
+    for name, x in unfamiliar["lines"].items():
+        for target, c in x["cascade"].items():
+            f = c["figures"]
+            rows.append(
+                [f"{name}, {target.split('_')[1]} % target", pct(f["accuracy"]),
+                 pct(c["escalated"]), pct(f["none_recall"]), pct(f["known_accuracy"])]
+            )  # fmt: skip
+    print("\nthe cascade, each detector's flags escalated whatever their confidence")
+    print_table(["line", "accuracy", "escalated", "none recall", "known acc."], rows)
+    cost = unfamiliar["cost"]
+    print(
+        f"\ntime per document, classify_many of {cost['documents']} test queries: "
+        f"{cost['plain_ms']:.2f} ms without the score, {cost['scored_ms']:.2f} ms with it "
+        f"({cost['ratio']:.3f} x); the same label on {pct(cost['same_label'])} of them"
+    )
 
 
 if __name__ == "__main__":

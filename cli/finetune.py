@@ -7,8 +7,10 @@ from pathlib import Path
 import click
 
 from cli.common import handle_errors, make_served
+from cli.familiarity import false_flag_option, fit_after_training
 from cli.progress import progress_bar
 from models.base import default_gguf_path
+from models.familiarity import DEFAULT_METHOD, METHODS
 from models.teacher import read_labelled
 from shiftdown.taxonomy import Taxonomy
 
@@ -70,6 +72,15 @@ from shiftdown.taxonomy import Taxonomy
     help="Also make the merged GGUF the adapter is served as (SHIFTDOWN_SERVE_TYPE), so "
     "that no worker pays for the merge.",
 )
+@click.option(
+    "--familiarity",
+    type=click.Choice([*METHODS, "off"]),
+    default=DEFAULT_METHOD,
+    show_default=True,
+    help="Fit the unfamiliarity score on the training split (documents unlike all of it "
+    "are escalated), or not (off).",
+)
+@false_flag_option
 @handle_errors
 def finetune(
     data_path: Path,
@@ -87,6 +98,8 @@ def finetune(
     seed: int,
     full: bool,
     merged: bool,
+    familiarity: str,
+    false_flag_rate: float,
 ) -> None:
     """Fine-tune the base SLM on labelled examples (needs `pip install shiftdown[train]`).
 
@@ -133,3 +146,5 @@ def finetune(
     click.echo(f"wrote {out_dir} ({manifest.train_seconds} s of training)")
     if merged and manifest.adapter:
         make_served(str(base_path or default_gguf_path()), str(out_dir / manifest.adapter))
+    if familiarity != "off":
+        fit_after_training(out_dir, train_set, valid_set, familiarity, false_flag_rate)  # type: ignore[arg-type]

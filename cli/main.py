@@ -13,6 +13,7 @@ from cli.db import db
 from cli.escalate import escalate
 from cli.eval import eval_command
 from cli.export import export
+from cli.familiarity import familiarity
 from cli.finetune import finetune
 from cli.flower import flower
 from cli.ingest import ingest
@@ -57,6 +58,7 @@ for command in (
     policy,
     retrain,
     finetune,
+    familiarity,
     export,
     teach,
     models_group,

@@ -144,6 +144,15 @@ def set_policy(
     chosen_policy = fitted[per_label]
     if candidate_recall:
         chosen_policy.fit_candidates(sc.logits, sc.gold, predicted, conf, candidate_recall)
+    added = None
+    if sc.unfamiliar is not None:
+        # Unfamiliar documents go to the frontier whatever the policy says: what that adds.
+        kept = ~chosen_policy.escalate(predicted, conf)
+        added = float((sc.unfamiliar & kept).mean())
+        chosen_policy.fitted |= {
+            "unfamiliar_rate": round(float(sc.unfamiliar.mean()), 6),
+            "unfamiliar_added": round(added, 6),
+        }
     chosen_policy.fitted |= {
         "data": str(scored.data),
         "usd_per_escalation": round(econ.usd_per_escalation, 8),
@@ -175,6 +184,12 @@ def set_policy(
     Console().print(table)
     bound = chosen_policy.fitted["escalation_rate_upper_95"]
     click.echo(f"escalation rate on unseen documents: at most {100 * bound:.1f} % (95 % bound)")
+    if sc.unfamiliar is not None and added is not None:
+        click.echo(
+            f"unfamiliar documents (escalated whatever their confidence): "
+            f"{100 * sc.unfamiliar.mean():.1f} % of these held-out documents are flagged, "
+            f"{100 * added:.1f} % on top of the policy's escalations"
+        )
     if margin:
         click.echo(
             f"the SLM answers none when none is at least {np.exp(margin):.3g}x as probable as "

@@ -81,6 +81,16 @@ def summary_rows(data: RunReport) -> list[tuple[str, str]]:
             if data.none is not None
             else []
         ),
+        *(
+            [
+                (
+                    "unfamiliar to the model (escalated only for that)",
+                    f"{fmt(data.unfamiliar)} ({fmt(data.unfamiliar_escalated)})",
+                )
+            ]
+            if data.unfamiliar is not None
+            else []
+        ),
         ("elapsed", fmt(data.elapsed_s, " s")),
         ("throughput", fmt(data.docs_per_s, " docs/s")),
     ]

@@ -18,6 +18,13 @@ operations, not Python per token or per document:
 - attention is flash attention, whose CPU kernel skips the masked cells: in a unified
   cache every token's mask spans the whole batch, and plain attention does the work
   of all of it, which grows with the square of the tokens per decode.
+
+With ``hidden`` a decode also returns each document's final hidden state (after the last
+norm) at its answer position, for the unfamiliarity score (``models.familiarity``).
+llama.cpp makes every token of a batch an output while embeddings are on, which would
+run the output layer over every token and copy a vocabulary-wide row for each; so such a
+decode goes in two: every token but each document's last with no output at all, then
+the documents' last tokens alone with embeddings on.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ class BatchedDecoder:
         self.budget = budget
         self.prefix_len = len(prefix)
         self.n_vocab = int(llm.n_vocab())
+        self.n_embd = int(llm.n_embd())
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_seq_max = parallel + 1
         params.kv_unified = True
@@ -72,6 +80,9 @@ class BatchedDecoder:
         params.n_batch = params.n_ubatch = budget
         # llama.cpp wants room for at least one output per sequence.
         params.n_outputs_max = parallel + 1
+        # Hidden states are the final norm's output per token, never pooled.
+        params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
+        params.embeddings = False
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if flash_attn
@@ -149,11 +160,15 @@ class BatchedDecoder:
             raise ModelError(f"llama_decode failed with code {code}")
 
     def decode(
-        self, docs: Sequence[npt.NDArray[np.int32]], columns: npt.NDArray[np.intp]
-    ) -> npt.NDArray[np.float64]:
+        self,
+        docs: Sequence[npt.NDArray[np.int32]],
+        columns: npt.NDArray[np.intp],
+        hidden: bool = False,
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32] | None]:
         """Each document's next-token logits at ``columns`` after its last token, one row
-        per document. ``docs`` are whole token sequences (document and answer cue): at
-        most ``parallel`` of them and ``budget`` tokens in all."""
+        per document, and with ``hidden`` its final hidden state there (else None).
+        ``docs`` are whole token sequences (document and answer cue): at most
+        ``parallel`` of them and ``budget`` tokens in all."""
         import llama_cpp
 
         n = len(docs)
@@ -166,19 +181,34 @@ class BatchedDecoder:
                 f"{self.budget} tokens in all, not {n} of {total}"
             )
         starts = np.repeat(ends - lengths, lengths)
-        self._load(
-            np.concatenate(docs),
-            self.prefix_len + np.arange(total) - starts,
-            np.repeat(np.arange(1, n + 1, dtype=np.int32), lengths),
-            ends - 1,
-        )
+        tokens = np.concatenate(docs)
+        pos = self.prefix_len + np.arange(total) - starts
+        seq = np.repeat(np.arange(1, n + 1, dtype=np.int32), lengths)
+        ctx = self._ctx.ctx
         try:
-            self._decode()
+            if not hidden:
+                self._load(tokens, pos, seq, ends - 1)
+                self._decode()
+                states = None
+            else:
+                last = ends - 1
+                body = np.ones(total, dtype=bool)
+                body[last] = False
+                if body.any():
+                    self._load(tokens[body], pos[body], seq[body], [])
+                    self._decode()
+                self._load(tokens[last], pos[last], seq[last], slice(None, n))
+                llama_cpp.llama_set_embeddings(ctx, True)
+                try:
+                    self._decode()
+                finally:
+                    llama_cpp.llama_set_embeddings(ctx, False)
+                states = np.ctypeslib.as_array(
+                    llama_cpp.llama_get_embeddings(ctx), shape=(n, self.n_embd)
+                ).copy()
             # Rows in batch order: llama.cpp puts reordered outputs back before this.
-            rows = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits(self._ctx.ctx), shape=(n, self.n_vocab)
-            )
-            return rows[:, columns].astype(np.float64)
+            rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(n, self.n_vocab))
+            return rows[:, columns].astype(np.float64), states
         finally:
             # Every cell past the prefix, whatever its sequence, in one pass.
             llama_cpp.llama_memory_seq_rm(self._memory, -1, self.prefix_len, -1)

@@ -28,6 +28,8 @@ from models.coding import (
     PromptTemplate,
     Vocab,
 )
+from models.familiarity import Familiarity
+from models.finetune_manifest import file_sha256
 from models.served import served_files
 from shiftdown.errors import ModelError
 from shiftdown.manifest import ModelManifest
@@ -52,6 +54,8 @@ class RuntimeOptions:
     # A model with a LoRA adapter is served merged into this type, or as trained
     # ("adapter"); see models.served.
     serve_type: str = DEFAULT_SERVE_TYPE
+    # Score unfamiliarity where the model has a familiarity file (models.familiarity).
+    familiarity: bool = True
 
     @property
     def decode_budget(self) -> int:
@@ -73,6 +77,7 @@ class RuntimeOptions:
             decode_tokens=s.decode_tokens,
             flash_attn=s.flash_attn,
             serve_type=s.serve_type,
+            familiarity=s.familiarity,
         )
 
 
@@ -107,6 +112,12 @@ class Classification:
     latency_ms: float
     prompt_tokens: int
     truncated: bool
+    # The final hidden state at the answer position, where it was computed.
+    hidden: npt.NDArray[np.float32] | None = None
+    # The unfamiliarity score and whether it passed the model's threshold (None and
+    # False: the model has no familiarity file).
+    unfamiliarity: float | None = None
+    unfamiliar: bool = False
 
     def top_k(self, labels: Sequence[str], k: int) -> dict[str, float]:
         """The k most probable labels (all when k is 0) with their probabilities."""
@@ -165,6 +176,10 @@ class Classifier:
             raise ModelError(f"llama.cpp could not load {self.served_path}: {exc}") from exc
         self.spec = spec
         self.labels = list(spec.labels)
+        self.familiarity = load_familiarity(spec.manifest) if options.familiarity else None
+        # Hidden states are computed where a familiarity score needs them, or when a
+        # caller asks (fitting one).
+        self.hidden_states = self.familiarity is not None
         self.options = options
         self.temperature = spec.manifest.served_temperature
         template = spec.manifest.prompt_template or chat_template_prompt(self._llm.metadata)
@@ -255,12 +270,18 @@ class Classifier:
         if batched is None:
             raise ModelError("this model was loaded to decode one document at a time")
         start = time.perf_counter()
-        logits = batched.decode([p.tokens for p in group], self._code_index)
+        logits, states = batched.decode(
+            [p.tokens for p in group], self._code_index, self.hidden_states
+        )
         share = (time.perf_counter() - start) * 1000.0 / len(group)
-        return self._results(logits, group, share)
+        return self._results(logits, group, share, states)
 
     def _results(
-        self, logits: npt.NDArray[np.float64], group: Sequence[Prepared], latency_ms: float
+        self,
+        logits: npt.NDArray[np.float64],
+        group: Sequence[Prepared],
+        latency_ms: float,
+        states: npt.NDArray[np.float32] | None = None,
     ) -> list[Classification]:
         """Results from a (documents x labels) matrix of raw label logits, all at once."""
         scaled = logits / self.temperature
@@ -271,6 +292,12 @@ class Classifier:
         confidence = probs[np.arange(len(best)), best].tolist()
         fixed = len(self._prefix) + len(self._suffix)
         labels = self.labels
+        n = len(group)
+        scores: list[float | None] = [None] * n
+        flags = [False] * n
+        if states is not None and self.familiarity is not None:
+            values, passed = self.familiarity.unfamiliar(states)
+            scores, flags = values.tolist(), passed.tolist()
         return [
             Classification(
                 label=labels[b],
@@ -280,22 +307,43 @@ class Classifier:
                 latency_ms=latency_ms,
                 prompt_tokens=fixed + p.n_doc,
                 truncated=p.truncated,
+                hidden=None if states is None else states[i],
+                unfamiliarity=scores[i],
+                unfamiliar=flags[i],
             )
             for i, (b, c, p) in enumerate(zip(best.tolist(), confidence, group, strict=True))
         ]
 
     def _decode_alone(self, item: Prepared) -> Classification:
-        from llama_cpp import llama_get_logits_ith
+        import llama_cpp
 
         self._ready_prefix()
         start = time.perf_counter()
         # Rewind to the end of the cached prefix; eval() drops the KV cells past it.
         self._llm.n_tokens = len(self._prefix)
-        self._llm.eval(item.tokens.tolist())
-        row = np.ctypeslib.as_array(llama_get_logits_ith(self._llm.ctx, -1), shape=(self._n_vocab,))
+        tokens = item.tokens.tolist()
+        ctx = self._llm.ctx
+        states = None
+        if not self.hidden_states:
+            self._llm.eval(tokens)
+        else:
+            # Embeddings on makes every token of a decode an output: only the last one
+            # is decoded with them (see models.batched).
+            if len(tokens) > 1:
+                self._llm.eval(tokens[:-1])
+            llama_cpp.llama_set_embeddings(ctx, True)
+            try:
+                self._llm.eval(tokens[-1:])
+            finally:
+                llama_cpp.llama_set_embeddings(ctx, False)
+            n_embd = int(self._llm.n_embd())
+            states = np.ctypeslib.as_array(
+                llama_cpp.llama_get_embeddings_ith(ctx, -1), shape=(1, n_embd)
+            ).copy()
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self._n_vocab,))
         logits = row[self._code_index].astype(np.float64)[None, :]
         latency = (time.perf_counter() - start) * 1000.0
-        return self._results(logits, [item], latency)[0]
+        return self._results(logits, [item], latency, states)[0]
 
     def classify(self, text: str) -> Classification:
         """The distribution over every label for one document."""
@@ -317,6 +365,20 @@ class Classifier:
         if group:
             results += self.decode(group)
         return results
+
+
+def load_familiarity(manifest: ModelManifest) -> Familiarity | None:
+    """The model's unfamiliarity score, or None where its manifest names none. A named
+    file that is missing or altered is an error, not a model served unprotected."""
+    ref = manifest.familiarity
+    if ref is None or not ref.path:
+        return None
+    path = Path(ref.path)
+    if not path.is_file():
+        raise ModelError(f"familiarity file {path} named by the model's manifest not found")
+    if file_sha256(path) != ref.sha256:
+        raise ModelError(f"familiarity file {path} is not the one the manifest names")
+    return Familiarity.load(path)
 
 
 def softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

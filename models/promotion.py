@@ -102,6 +102,11 @@ def train_candidate(
             lambda step, total, loss: advance(1),
             heldout=valid_set,
         )
+    # Documents unlike everything it learnt are escalated whatever its confidence.
+    from models.familiarity_fit import fit_model_dir, fit_runtime_options
+
+    with progress("fitting familiarity", len(train_set) + len(valid_set)) as advance:
+        fit_model_dir(out_dir, train_set, valid_set, fit_runtime_options(), on_progress=advance)
     return out_dir
 
 

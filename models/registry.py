@@ -125,6 +125,8 @@ def load_model_dir(path: Path, as_trained: bool = False) -> tuple[Path, Path | N
     # that calibration and policy commands find it without being told.
     if manifest.heldout is not None:
         manifest.heldout.path = str((folder / manifest.heldout.file).resolve())
+    if manifest.familiarity is not None:
+        manifest.familiarity.path = str((folder / manifest.familiarity.file).resolve())
     serve = manifest.serve or "adapter"
     if serve != "adapter" and (not as_trained or not manifest.adapter):
         merged = folder / (manifest.merged or {}).get(serve, f"model-{serve}.gguf")

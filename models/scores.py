@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.calibration import softmax_rows
-from models.classifier import Classifier
+from models.classifier import Classification, Classifier
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class Scores:
     gold: npt.NDArray[np.intp]
     latency_ms: npt.NDArray[np.float64]
     elapsed_s: float
+    # Which documents the model's familiarity score flags (None: the model has none).
+    unfamiliar: npt.NDArray[np.bool_] | None = None
 
     def probs(self, temperature: float) -> npt.NDArray[np.float64]:
         """Label distributions at this temperature."""
@@ -66,11 +68,15 @@ def score(
     clf: Classifier,
     examples: Sequence[tuple[str, str]],
     on_progress: Callable[[int], None] | None = None,
+    on_result: Callable[[Classification], None] | None = None,
 ) -> Scores:
-    """Run ``clf`` over labelled examples and keep the raw logits."""
+    """Run ``clf`` over labelled examples and keep the raw logits (``on_result`` sees
+    each document's whole classification, in order)."""
     index = {label: i for i, label in enumerate(clf.labels)}
     rows: list[npt.NDArray[np.float64]] = []
     latency: list[float] = []
+    flags: list[bool] = []
+    scored = True
     started = time.perf_counter()
     # Chunks of ``parallel`` so that a model loaded for batched decoding (a GPU) is
     # evaluated the way its workers serve it; with parallel 1 this is one at a time.
@@ -79,7 +85,11 @@ def score(
     for start in range(0, len(texts), step):
         results = clf.classify_many(texts[start : start + step])
         for result in results:
+            if on_result:
+                on_result(result)
             rows.append(result.logits)
+            flags.append(result.unfamiliar)
+            scored = scored and result.unfamiliarity is not None
             latency.append(result.latency_ms)
         if on_progress:
             on_progress(len(results))
@@ -91,4 +101,5 @@ def score(
         gold=np.asarray([index[label] for _, label in examples], dtype=np.intp),
         latency_ms=np.asarray(latency, dtype=np.float64),
         elapsed_s=elapsed,
+        unfamiliar=np.asarray(flags, dtype=bool) if scored and flags else None,
     )

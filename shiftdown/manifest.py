@@ -41,6 +41,22 @@ class HeldoutRef(_Entry):
     path: str | None = None
 
 
+class FamiliarityRef(_Entry):
+    """The unfamiliarity score fitted beside the model (``models.familiarity``)."""
+
+    file: str
+    sha256: str
+    method: str
+    threshold: float
+    false_flag_rate: float
+    # Known documents the threshold was fitted on, and how they were held out.
+    calibrated_on: int
+    calibration: str
+    bank: int
+    fit_seconds: float | None = None
+    path: str | None = None
+
+
 class TeacherSetRef(_Entry):
     """Which teacher set the model was trained on."""
 
@@ -64,6 +80,7 @@ class ModelManifest(_Entry):
     temperature: float | None = None
     teacher_set: TeacherSetRef | None = None
     heldout: HeldoutRef | None = None
+    familiarity: FamiliarityRef | None = None
     hyperparameters: dict[str, Any] | None = None
     train_seconds: float | None = None
     command: str | None = None

@@ -29,6 +29,7 @@ from shiftdown.savings import (
 from shiftdown.schema import (
     DocState,
     Document,
+    EscalationReason,
     FrontierCall,
     InputError,
     ModelVersion,
@@ -93,6 +94,10 @@ class RunReport:
     # with a final outcome (None on a closed-set task).
     none: int | None
     none_rate: float | None
+    # Documents the SLM found unlike its training set (models.familiarity), and those of
+    # them escalated only for that (None: the model scores no unfamiliarity).
+    unfamiliar: int | None
+    unfamiliar_escalated: int | None
     slm_bypass: str | None
     parked: dict[str, int]
     # "audited": the sample of kept documents; "escalated": the frontier's answers.
@@ -193,6 +198,7 @@ def run_report(session: Session, run_id: int, settings: Settings) -> RunReport:
     audit = agreement(session, run_id, Stage.AUDIT)
     n_none = none_count(session, run_id) if taxonomy.open_set else None
     none_rate = n_none / n_final if n_none is not None and n_final else None
+    unfamiliar, unfamiliar_escalated, n_scored = unfamiliar_counts(session, run_id)
 
     first_doc, last_pred = session.execute(
         select(
@@ -241,11 +247,14 @@ def run_report(session: Session, run_id: int, settings: Settings) -> RunReport:
         escalation_rate=round(escalation_rate, 4) if escalation_rate is not None else None,
         none=n_none,
         none_rate=round(none_rate, 4) if none_rate is not None else None,
+        unfamiliar=unfamiliar if n_scored else None,
+        unfamiliar_escalated=unfamiliar_escalated if n_scored else None,
         slm_bypass=run.slm_bypass,
         parked=parked_reasons(session, run_id),
         agreement={"audited": audit, "escalated": agreement(session, run_id, Stage.FRONTIER)},
         drift=drift_checks(session, run, version, escalation_rate, n_slm, audit, settings)
-        + none_drift(session, run, version, none_rate, n_final, settings),
+        + none_drift(session, run, version, none_rate, n_final, settings)
+        + unfamiliar_drift(version, unfamiliar, n_scored, settings),
         elapsed_s=round(elapsed, 3) if elapsed is not None else None,
         docs_per_s=round(n_final / elapsed, 2) if elapsed else None,
         latency=latency_percentiles(session, run_id),
@@ -392,6 +401,38 @@ def none_count(session: Session, run_id: int) -> int:
         )
         or 0
     )
+
+
+def unfamiliar_counts(session: Session, run_id: int) -> tuple[int, int, int]:
+    """(unfamiliar, escalated only for being unfamiliar, SLM predictions scored) of a run."""
+    n_unfamiliar, n_added, n_scored = session.execute(
+        select(
+            func.sum(case((Prediction.unfamiliar.is_(True), 1), else_=0)),
+            func.sum(
+                case((Prediction.escalation_reason == EscalationReason.UNFAMILIAR, 1), else_=0)
+            ),
+            func.count(Prediction.unfamiliarity),
+        ).where(Prediction.run_id == run_id, Prediction.stage == Stage.SLM)
+    ).one()
+    return int(n_unfamiliar or 0), int(n_added or 0), int(n_scored or 0)
+
+
+def unfamiliar_drift(
+    version: ModelVersion | None, unfamiliar: int, n_scored: int, settings: Settings
+) -> list[DriftCheck]:
+    """The share of documents unlike the model's training set, against the share of
+    known held-out documents its threshold flags: well above it, the stream holds
+    topics (or languages, or formats) the model was never taught."""
+    if not n_scored:
+        return []
+    ref = version.read_manifest().familiarity if version else None
+    expected = ref.false_flag_rate if ref else None
+    basis = "the familiarity threshold's false-flag rate on held-out documents"
+    return [
+        DriftCheck(
+            "unfamiliar rate", unfamiliar / n_scored, expected, n_scored, settings.drift_band, basis
+        )
+    ]
 
 
 def none_drift(

@@ -206,6 +206,12 @@ class Prediction(Base):
     confidence: Mapped[float | None] = mapped_column(Float)
     # The SLM's decision under the policy in force (per-label thresholds included).
     escalated: Mapped[bool | None] = mapped_column(Boolean)
+    # Why the SLM escalated: EscalationReason; NULL when it kept the document.
+    escalation_reason: Mapped[str | None] = mapped_column(String(16))
+    # How unlike the model's training set the document is (models.familiarity), and
+    # whether that passed the model's threshold; NULL without a familiarity file.
+    unfamiliarity: Mapped[float | None] = mapped_column(Float)
+    unfamiliar: Mapped[bool | None] = mapped_column(Boolean)
     distribution: Mapped[dict[str, float] | None] = mapped_column(Json)
     model: Mapped[str] = mapped_column(String(255))
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
@@ -214,6 +220,13 @@ class Prediction(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EscalationReason(enum.StrEnum):
+    """Why the SLM sent a document to the frontier."""
+
+    CONFIDENCE = "confidence"  # its confidence was under the threshold
+    UNFAMILIAR = "unfamiliar"  # sure, but unlike anything the model was trained on
 
 
 class BatchState(enum.StrEnum):

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     n_gpu_layers: int = Field(
         default=0, description="Layers offloaded to the GPU (-1: all; needs a CUDA build)."
     )
+    familiarity: bool = Field(
+        default=True,
+        description="Score every document's unfamiliarity (a distance in the model's final "
+        "hidden state to its training set) where the model has a familiarity file, and "
+        "escalate unfamiliar documents whatever their confidence. False: skip the score.",
+    )
     max_resident_models: int = Field(
         default=2, ge=1, description="Models a worker process keeps loaded at once (LRU)."
     )

@@ -29,6 +29,7 @@ def _check_round_trip(url: str) -> None:
         "slm_frontier_agreement",
         "latency_percentiles",
         "escalation_by_day",
+        "escalation_reasons",
     }
     assert views <= set(insp.get_view_names())
     uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("predictions")}

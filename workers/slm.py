@@ -27,7 +27,16 @@ from models.policy import answers, offered_k, stored_policy
 from models.registry import model_name, spec_for, task_taxonomy
 from shiftdown.db import dispose_engines, session_scope
 from shiftdown.errors import FatalError, RetryableError
-from shiftdown.schema import DocState, Document, ModelVersion, Prediction, Run, Stage, Task
+from shiftdown.schema import (
+    DocState,
+    Document,
+    EscalationReason,
+    ModelVersion,
+    Prediction,
+    Run,
+    Stage,
+    Task,
+)
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 from workers import results_stream
@@ -186,7 +195,14 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
         if margins[version.id] and taxonomy.open_set:
             label, confidence = _with_margin(outcome, taxonomy, margins[version.id])
         limit = thresholds[version.id].get(label, item.run.threshold)
-        escalated = confidence < limit
+        reason = None
+        if confidence < limit:
+            reason = EscalationReason.CONFIDENCE
+        elif outcome.unfamiliar:
+            # Sure, but of a kind it never learnt: the frontier answers, and its answer
+            # (none, or a label) becomes teacher data.
+            reason = EscalationReason.UNFAMILIAR
+        escalated = reason is not None
         # An escalated document's stored distribution holds every label its frontier
         # request will offer (workers/frontier.py reads them from it).
         top_k = s.store_top_k
@@ -204,6 +220,9 @@ def _outcomes(work: list[_Work]) -> list[SlmOutcome]:
             escalated=escalated,
             distribution=outcome.top_k(taxonomy.outcomes, top_k),
             model_version_id=version.id,
+            escalation_reason=reason,
+            unfamiliarity=outcome.unfamiliarity,
+            unfamiliar=outcome.unfamiliar if outcome.unfamiliarity is not None else None,
         )
         state = parked if escalated else DocState.CLASSIFIED
         outcomes.append(SlmOutcome(item.doc_id, state, outcome.truncated, prediction))

@@ -39,6 +39,9 @@ class PredictionRow:
     escalated: bool | None = None
     distribution: dict[str, float] | None = None
     model_version_id: int | None = None
+    escalation_reason: str | None = None
+    unfamiliarity: float | None = None
+    unfamiliar: bool | None = None
 
     def as_row(self) -> dict[str, Any]:
         """The row as the insert takes it."""
@@ -97,13 +100,16 @@ _PG_STORE_SLM = sql_text(
             document_id bigint, state text, final_stage text, truncated boolean, error text,
             run_id integer, label text, confidence double precision, escalated boolean,
             distribution jsonb, model text, model_version_id integer,
-            latency_ms double precision, prompt_tokens integer)
+            latency_ms double precision, prompt_tokens integer, escalation_reason text,
+            unfamiliarity double precision, unfamiliar boolean)
     ), inserted AS (
         INSERT INTO predictions (document_id, run_id, stage, label, confidence, escalated,
             distribution, model, model_version_id, latency_ms, prompt_tokens,
-            completion_tokens, cost_usd, created_at)
+            completion_tokens, cost_usd, created_at, escalation_reason, unfamiliarity,
+            unfamiliar)
         SELECT document_id, run_id, :stage, label, confidence, escalated, distribution,
-            model, model_version_id, latency_ms, prompt_tokens, 0, 0.0, :now
+            model, model_version_id, latency_ms, prompt_tokens, 0, 0.0, :now,
+            escalation_reason, unfamiliarity, unfamiliar
         FROM r WHERE model IS NOT NULL
         ON CONFLICT (document_id, stage) DO NOTHING
     )

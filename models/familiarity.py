@@ -1,0 +1,246 @@
+"""How unlike the training set a document is: a distance in the model's own final hidden
+state (after the last norm, at the position the label codes are read), from the forward
+pass that classifies it.
+
+A fine-tuned classifier is sure and wrong on a topic nobody taught it: the softmax over
+its labels says nothing about whether the document resembles anything it was trained
+on, but the hidden state does. Two scores from the out-of-distribution literature, both
+on L2-normalised states:
+
+- ``knn``: one minus the cosine similarity to the k-th nearest training document
+  (Sun et al., 2022), over a bank of the training set's states;
+- ``mahalanobis``: the smallest Mahalanobis distance to a label's mean under one shared
+  covariance (Lee et al., 2018), shrunk by Ledoit-Wolf because a few thousand states
+  cannot estimate a full covariance of their dimension.
+
+Fitted with no unknown data: the threshold is the score that flags a target share
+(default 5 %) of known documents the bank never held: the held-out split, or without
+one, training documents scored out of fold (cross-fitting, so that no training document
+is its own neighbour). Teacher examples answered "none" are one more group of the bank:
+a document like them is a none the model was taught, not an unfamiliar one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from shiftdown.errors import ModelError
+
+Floats = npt.NDArray[np.float64]
+Method = Literal["knn", "mahalanobis"]
+METHODS: tuple[Method, ...] = ("knn", "mahalanobis")
+# The score fitted by default; docs/open-set.md gives the measurement behind it.
+DEFAULT_METHOD: Method = "knn"
+FAMILIARITY_FILE = "familiarity.npz"
+DEFAULT_FALSE_FLAG_RATE = 0.05
+# kNN over more than this many states is sampled down (seeded): the
+# score's cost per document grows with the bank, its quality hardly past a few thousand.
+MAX_BANK = 20_000
+
+
+def normalised(states: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Rows scaled to unit length (float32)."""
+    x = np.asarray(states, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    result: npt.NDArray[np.float32] = x / np.maximum(norm, 1e-12)
+    return result
+
+
+def ledoit_wolf(centered: Floats) -> Floats:
+    """The Ledoit-Wolf shrunk covariance of already-centred rows: the sample covariance
+    pulled toward a scaled identity by the amount that minimises the expected error."""
+    n, d = centered.shape
+    sample = centered.T @ centered / n
+    mu = float(np.trace(sample)) / d
+    delta = float(((sample - mu * np.eye(d)) ** 2).sum()) / d
+    sq = centered**2
+    beta = float((sq.T @ sq).sum() / n - (sample**2).sum()) / (d * n)
+    shrink = min(1.0, beta / delta) if delta > 0 else 1.0
+    result: Floats = (1 - shrink) * sample + shrink * mu * np.eye(d)
+    return result
+
+
+@dataclass(frozen=True)
+class Familiarity:
+    """A fitted unfamiliarity score and its threshold (above it: unfamiliar)."""
+
+    method: Method
+    threshold: float
+    # knn: the bank of normalised training states and which neighbour counts.
+    bank: npt.NDArray[np.float32] | None = None
+    k: int = 1
+    # mahalanobis: the label means and the states, whitened by the shared precision.
+    whitening: npt.NDArray[np.float32] | None = None
+    means: npt.NDArray[np.float32] | None = None
+    # What the threshold was fitted for, on how many known documents and how.
+    false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE
+    calibrated_on: int = 0
+    calibration: str = "heldout"
+
+    @property
+    def dim(self) -> int:
+        """The hidden state's width this score was fitted on."""
+        source = self.bank if self.method == "knn" else self.whitening
+        assert source is not None
+        return int(source.shape[1] if self.method == "knn" else source.shape[0])
+
+    def scores(self, states: npt.ArrayLike) -> Floats:
+        """Each state's unfamiliarity: higher, less like the training set."""
+        z = normalised(states)
+        if z.shape[1] != self.dim:
+            raise ModelError(
+                f"the familiarity file was fitted on states of width {self.dim}, "
+                f"this model gives {z.shape[1]}: fit it again for this model"
+            )
+        if self.method == "knn":
+            assert self.bank is not None
+            sims = z @ self.bank.T
+            k = min(self.k, sims.shape[1])
+            kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+            return np.asarray(1.0 - kth, dtype=np.float64)
+        assert self.whitening is not None and self.means is not None
+        w = z @ self.whitening
+        # Squared distances to every mean, without a (documents x means x dim) array.
+        d2 = (w**2).sum(axis=1)[:, None] - 2.0 * w @ self.means.T + (self.means**2).sum(axis=1)
+        return np.asarray(d2.min(axis=1), dtype=np.float64)
+
+    def unfamiliar(self, states: npt.ArrayLike) -> tuple[Floats, npt.NDArray[np.bool_]]:
+        """The scores and which of them pass the threshold."""
+        s = self.scores(states)
+        return s, np.asarray(s > self.threshold)
+
+    def save(self, path: Path) -> None:
+        """Write the score to ``path`` (npz; written aside and renamed)."""
+        arrays = {
+            "method": np.asarray(self.method),
+            "threshold": np.asarray(self.threshold),
+            "k": np.asarray(self.k),
+            "false_flag_rate": np.asarray(self.false_flag_rate),
+            "calibrated_on": np.asarray(self.calibrated_on),
+            "calibration": np.asarray(self.calibration),
+        }
+        if self.bank is not None:
+            # Half precision: cosine similarities move by about 1e-3, the file halves.
+            arrays["bank"] = self.bank.astype(np.float16)
+        if self.whitening is not None and self.means is not None:
+            arrays["whitening"] = self.whitening
+            arrays["means"] = self.means
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Familiarity:
+        """The score stored in ``path``."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                method = str(data["method"])
+                if method not in METHODS:
+                    raise ModelError(f"{path}: unknown familiarity method {method!r}")
+                return cls(
+                    method=method,
+                    threshold=float(data["threshold"]),
+                    bank=data["bank"].astype(np.float32) if "bank" in data else None,
+                    k=int(data["k"]),
+                    whitening=data.get("whitening", None),
+                    means=data.get("means", None),
+                    false_flag_rate=float(data["false_flag_rate"]),
+                    calibrated_on=int(data["calibrated_on"]),
+                    calibration=str(data["calibration"]),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelError(f"unreadable familiarity file {path}: {exc}") from exc
+
+
+def _sampled(n: int, limit: int, seed: int) -> npt.NDArray[np.intp]:
+    """Indices of at most ``limit`` of ``n`` rows, a seeded uniform sample in order."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
+def _unfitted(
+    method: Method, states: npt.NDArray[np.float32], labels: Sequence[str], k: int
+) -> Familiarity:
+    """The score over these training states, its threshold not yet set."""
+    if method == "knn":
+        return Familiarity("knn", np.inf, bank=states, k=k)
+    groups = sorted(set(labels))
+    index = np.asarray([groups.index(g) for g in labels])
+    x = states.astype(np.float64)
+    means = np.stack([x[index == i].mean(axis=0) for i in range(len(groups))])
+    cov = ledoit_wolf(x - means[index])
+    # Whitening by the inverse Cholesky factor: distances become Euclidean.
+    chol = np.linalg.cholesky(cov)
+    whitening = np.linalg.inv(chol).T
+    return Familiarity(
+        "mahalanobis",
+        np.inf,
+        whitening=whitening.astype(np.float32),
+        means=(means @ whitening).astype(np.float32),
+    )
+
+
+def crossfit_scores(
+    method: Method,
+    states: npt.NDArray[np.float32],
+    labels: Sequence[str],
+    k: int = 1,
+    folds: int = 5,
+    seed: int = 0,
+) -> Floats:
+    """Each training state's score under a score fitted without its fold."""
+    fold = np.random.default_rng(seed).permutation(len(states)) % folds
+    out = np.empty(len(states))
+    lab = np.asarray(labels)
+    for f in range(folds):
+        inside = fold != f
+        score = _unfitted(method, states[inside], list(lab[inside]), k)
+        out[~inside] = score.scores(states[~inside])
+    return out
+
+
+def fit(
+    method: Method,
+    train_states: npt.ArrayLike,
+    train_labels: Sequence[str],
+    heldout_states: npt.ArrayLike | None = None,
+    false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE,
+    k: int = 1,
+    seed: int = 0,
+) -> Familiarity:
+    """Fit the score on the training states and its threshold for ``false_flag_rate``
+    on known documents the bank does not hold: ``heldout_states`` when given (at least
+    20 of them), else the training states scored out of fold."""
+    if not 0 < false_flag_rate < 1:
+        raise ModelError(f"the false-flag rate must be between 0 and 1, not {false_flag_rate}")
+    states = normalised(train_states)
+    if len(states) < 2 * len(set(train_labels)) or len(states) < 10:
+        raise ModelError(f"{len(states)} training documents are too few to fit a familiarity score")
+    if method == "knn":
+        keep = _sampled(len(states), MAX_BANK, seed)
+        states, train_labels = states[keep], [train_labels[i] for i in keep]
+    held = None if heldout_states is None else normalised(heldout_states)
+    score = _unfitted(method, states, train_labels, k)
+    if held is not None and len(held) >= 20:
+        calib, how = score.scores(held), "heldout"
+    else:
+        calib, how = crossfit_scores(method, states, train_labels, k, seed=seed), "crossfit"
+    threshold = float(np.quantile(calib, 1.0 - false_flag_rate, method="higher"))
+    return Familiarity(
+        method=method,
+        threshold=threshold,
+        bank=score.bank,
+        k=k,
+        whitening=score.whitening,
+        means=score.means,
+        false_flag_rate=false_flag_rate,
+        calibrated_on=len(calib),
+        calibration=how,
+    )
