@@ -100,6 +100,7 @@ def scored(
     key = hashlib.sha256(
         "\0".join(
             [file_sha256(gguf), file_sha256(adapter) if adapter else "", options.serve_type,
+             "hidden states read back from the logits",
              json.dumps(manifest.to_data(), sort_keys=True), *(t for t, _ in examples)]
         ).encode()
     ).hexdigest()[:16]  # fmt: skip

@@ -19,12 +19,8 @@ operations, not Python per token or per document:
   cache every token's mask spans the whole batch, and plain attention does the work
   of all of it, which grows with the square of the tokens per decode.
 
-With ``hidden`` a decode also returns each document's final hidden state (after the last
-norm) at its answer position, for the unfamiliarity score (``models.familiarity``).
-llama.cpp makes every token of a batch an output while embeddings are on, which would
-run the output layer over every token and copy a vocabulary-wide row for each; so such a
-decode goes in two: every token but each document's last with no output at all, then
-the documents' last tokens alone with embeddings on.
+A decode may also copy out other columns of the same logits (``extra``): the rows the
+final hidden state is read back from (``models.hidden_state``).
 """
 
 from __future__ import annotations
@@ -72,7 +68,6 @@ class BatchedDecoder:
         self.budget = budget
         self.prefix_len = len(prefix)
         self.n_vocab = int(llm.n_vocab())
-        self.n_embd = int(llm.n_embd())
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_seq_max = parallel + 1
         params.kv_unified = True
@@ -80,9 +75,6 @@ class BatchedDecoder:
         params.n_batch = params.n_ubatch = budget
         # llama.cpp wants room for at least one output per sequence.
         params.n_outputs_max = parallel + 1
-        # Hidden states are the final norm's output per token, never pooled.
-        params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
-        params.embeddings = False
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if flash_attn
@@ -163,12 +155,12 @@ class BatchedDecoder:
         self,
         docs: Sequence[npt.NDArray[np.int32]],
         columns: npt.NDArray[np.intp],
-        hidden: bool = False,
+        extra: npt.NDArray[np.intp] | None = None,
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32] | None]:
         """Each document's next-token logits at ``columns`` after its last token, one row
-        per document, and with ``hidden`` its final hidden state there (else None).
-        ``docs`` are whole token sequences (document and answer cue): at most
-        ``parallel`` of them and ``budget`` tokens in all."""
+        per document, and with ``extra`` those columns too (else None). ``docs`` are
+        whole token sequences (document and answer cue): at most ``parallel`` of them and
+        ``budget`` tokens in all."""
         import llama_cpp
 
         n = len(docs)
@@ -181,34 +173,20 @@ class BatchedDecoder:
                 f"{self.budget} tokens in all, not {n} of {total}"
             )
         starts = np.repeat(ends - lengths, lengths)
-        tokens = np.concatenate(docs)
-        pos = self.prefix_len + np.arange(total) - starts
-        seq = np.repeat(np.arange(1, n + 1, dtype=np.int32), lengths)
-        ctx = self._ctx.ctx
+        self._load(
+            np.concatenate(docs),
+            self.prefix_len + np.arange(total) - starts,
+            np.repeat(np.arange(1, n + 1, dtype=np.int32), lengths),
+            ends - 1,
+        )
         try:
-            if not hidden:
-                self._load(tokens, pos, seq, ends - 1)
-                self._decode()
-                states = None
-            else:
-                last = ends - 1
-                body = np.ones(total, dtype=bool)
-                body[last] = False
-                if body.any():
-                    self._load(tokens[body], pos[body], seq[body], [])
-                    self._decode()
-                self._load(tokens[last], pos[last], seq[last], slice(None, n))
-                llama_cpp.llama_set_embeddings(ctx, True)
-                try:
-                    self._decode()
-                finally:
-                    llama_cpp.llama_set_embeddings(ctx, False)
-                states = np.ctypeslib.as_array(
-                    llama_cpp.llama_get_embeddings(ctx), shape=(n, self.n_embd)
-                ).copy()
+            self._decode()
             # Rows in batch order: llama.cpp puts reordered outputs back before this.
-            rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(n, self.n_vocab))
-            return rows[:, columns].astype(np.float64), states
+            rows = np.ctypeslib.as_array(
+                llama_cpp.llama_get_logits(self._ctx.ctx), shape=(n, self.n_vocab)
+            )
+            more = None if extra is None else rows[:, extra]
+            return rows[:, columns].astype(np.float64), more
         finally:
             # Every cell past the prefix, whatever its sequence, in one pass.
             llama_cpp.llama_memory_seq_rm(self._memory, -1, self.prefix_len, -1)

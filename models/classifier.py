@@ -30,6 +30,7 @@ from models.coding import (
 )
 from models.familiarity import Familiarity
 from models.finetune_manifest import file_sha256
+from models.hidden_state import OutputInverse
 from models.served import served_files
 from shiftdown.errors import ModelError
 from shiftdown.manifest import ModelManifest
@@ -177,9 +178,7 @@ class Classifier:
         self.spec = spec
         self.labels = list(spec.labels)
         self.familiarity = load_familiarity(spec.manifest) if options.familiarity else None
-        # Hidden states are computed where a familiarity score needs them, or when a
-        # caller asks (fitting one).
-        self.hidden_states = self.familiarity is not None
+        self._inverse: OutputInverse | None = None
         self.options = options
         self.temperature = spec.manifest.served_temperature
         template = spec.manifest.prompt_template or chat_template_prompt(self._llm.metadata)
@@ -192,6 +191,8 @@ class Classifier:
         self.codes = self._codes(spec.manifest)
         self._code_index = np.asarray(self.codes, dtype=np.intp)
         self._n_vocab = int(self._llm.n_vocab())
+        # The familiarity score reads each document's hidden state back from its logits.
+        self.hidden_states = self.familiarity is not None
         self._max_doc_tokens = options.n_ctx - len(self._prefix) - len(self._suffix)
         if self._max_doc_tokens < 16:
             raise ModelError(
@@ -224,6 +225,19 @@ class Classifier:
                 raise ModelError("the model's label coding was made for another label list")
             return [int(c) for c in coded]
         return self._vocab.codes(self.labels)
+
+    @property
+    def hidden_states(self) -> bool:
+        """Whether each result carries its final hidden state (``models.hidden_state``):
+        on where the familiarity score needs it, or where a caller turns it on."""
+        return self._inverse is not None
+
+    @hidden_states.setter
+    def hidden_states(self, on: bool) -> None:
+        if on and self._inverse is None:
+            self._inverse = OutputInverse(self.served_path, self._n_vocab)
+        elif not on:
+            self._inverse = None
 
     @property
     def prefix_tokens(self) -> int:
@@ -270,9 +284,11 @@ class Classifier:
         if batched is None:
             raise ModelError("this model was loaded to decode one document at a time")
         start = time.perf_counter()
-        logits, states = batched.decode(
-            [p.tokens for p in group], self._code_index, self.hidden_states
+        inverse = self._inverse
+        logits, rows = batched.decode(
+            [p.tokens for p in group], self._code_index, inverse.rows if inverse else None
         )
+        states = inverse.states(rows) if inverse is not None and rows is not None else None
         share = (time.perf_counter() - start) * 1000.0 / len(group)
         return self._results(logits, group, share, states)
 
@@ -315,33 +331,17 @@ class Classifier:
         ]
 
     def _decode_alone(self, item: Prepared) -> Classification:
-        import llama_cpp
+        from llama_cpp import llama_get_logits_ith
 
         self._ready_prefix()
         start = time.perf_counter()
         # Rewind to the end of the cached prefix; eval() drops the KV cells past it.
         self._llm.n_tokens = len(self._prefix)
-        tokens = item.tokens.tolist()
-        ctx = self._llm.ctx
-        states = None
-        if not self.hidden_states:
-            self._llm.eval(tokens)
-        else:
-            # Embeddings on makes every token of a decode an output: only the last one
-            # is decoded with them (see models.batched).
-            if len(tokens) > 1:
-                self._llm.eval(tokens[:-1])
-            llama_cpp.llama_set_embeddings(ctx, True)
-            try:
-                self._llm.eval(tokens[-1:])
-            finally:
-                llama_cpp.llama_set_embeddings(ctx, False)
-            n_embd = int(self._llm.n_embd())
-            states = np.ctypeslib.as_array(
-                llama_cpp.llama_get_embeddings_ith(ctx, -1), shape=(1, n_embd)
-            ).copy()
-        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self._n_vocab,))
+        self._llm.eval(item.tokens.tolist())
+        row = np.ctypeslib.as_array(llama_get_logits_ith(self._llm.ctx, -1), shape=(self._n_vocab,))
         logits = row[self._code_index].astype(np.float64)[None, :]
+        inverse = self._inverse
+        states = inverse.states(row[None, inverse.rows]) if inverse is not None else None
         latency = (time.perf_counter() - start) * 1000.0
         return self._results(logits, [item], latency, states)[0]
 

@@ -1,0 +1,109 @@
+"""The final hidden state at the answer position, read back from the logits llama.cpp
+already returns for it.
+
+The output layer of a llama-family model is linear and without bias: logits = W · h,
+with h the final norm's output and W the output matrix (``output.weight``, or the token
+embeddings when they are tied). W has far more rows (the vocabulary) than columns (the
+model's width), so h is the least-squares solution of W · h = logits, exact up to float
+rounding: llama.cpp computed those logits from exactly these (quantized) weights. A
+seeded subset of the rows is enough, and keeps the inverse small (width x rows).
+
+Why not ask llama.cpp for embeddings: with embeddings on, every token of a decode becomes
+an output (the output layer runs over all of them), and splitting each decode in two to
+avoid that (the documents, then their last tokens alone) cost 37 % more time per
+document on the CPU (bench.open_set, 512 queries, parallel 8): the second decode reads
+every weight again for one token per document. Reading h back from the logits costs a
+(documents x rows) by (rows x width) product on the host, done on one BLAS thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from shiftdown.errors import ModelError
+
+# Rows of the output matrix the inverse is solved on: well over the width of any model
+# this serves (576 for SmolLM2-135M, 4,096 for an 8B), few enough to keep it small.
+ROWS = 4096
+
+
+def one_blas_thread() -> None:
+    """Keep NumPy's BLAS to one thread in this process, for good.
+
+    llama.cpp's threads own the cores. BLAS threads woken for the host's small products
+    (the read-back below, the familiarity distance) go on spinning into the next decode:
+    on 2 cores that made a document 37 % slower to classify instead of 4 %.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
+class OutputInverse:
+    """Maps rows of full-vocabulary logits back to the hidden states they came from."""
+
+    def __init__(self, gguf_path: str | Path, n_vocab: int, seed: int = 0) -> None:
+        import gguf
+
+        one_blas_thread()
+
+        reader = gguf.GGUFReader(str(gguf_path))
+        tensors = {t.name: t for t in reader.tensors}
+        tensor = tensors.get("output.weight") or tensors.get("token_embd.weight")
+        if tensor is None:
+            raise ModelError(f"{gguf_path}: no output matrix to read hidden states back from")
+        arch = _field(reader, "general.architecture")
+        self.softcap = _number(reader, f"{arch}.final_logit_softcapping", 0.0)
+        self.scale = _number(reader, f"{arch}.logit_scale", 1.0)
+        weight = _dequantized(tensor)
+        if weight.shape[0] != n_vocab:
+            raise ModelError(
+                f"{gguf_path}: the output matrix has {weight.shape[0]} rows, the vocabulary "
+                f"{n_vocab}"
+            )
+        width = weight.shape[1]
+        rows = min(n_vocab, max(ROWS, 2 * width))
+        self.rows = np.sort(np.random.default_rng(seed).permutation(n_vocab)[:rows])
+        sub = weight[self.rows].astype(np.float64)
+        if np.linalg.matrix_rank(sub) < width:
+            raise ModelError(f"{gguf_path}: the output matrix cannot be inverted on {rows} rows")
+        # h = pinv(W_S) · logits_S; stored transposed for a (documents x rows) product.
+        self.inverse = np.linalg.pinv(sub).T.astype(np.float32)
+        self.width = width
+
+    def states(self, logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Hidden states (documents x width) from the logits of ``rows`` (documents x
+        rows), undoing a soft cap and a logit scale where the model applies them."""
+        z = np.asarray(logits, dtype=np.float32)
+        if self.softcap:
+            z = self.softcap * np.arctanh(np.clip(z / self.softcap, -0.999999, 0.999999))
+        if self.scale != 1.0:
+            z = z / self.scale
+        result: npt.NDArray[np.float32] = z @ self.inverse
+        return result
+
+
+def _field(reader: object, key: str) -> object:
+    field = getattr(reader, "fields", {}).get(key)
+    if field is None:
+        return None
+    value = field.parts[field.data[0]]
+    if value.dtype == np.uint8:
+        return bytes(value).decode("utf-8")
+    return value[0]
+
+
+def _number(reader: object, key: str, default: float) -> float:
+    value = _field(reader, key)
+    return default if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _dequantized(tensor: object) -> npt.NDArray[np.float32]:
+    import gguf
+
+    data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)  # type: ignore[attr-defined]
+    shape = tuple(int(x) for x in reversed(tensor.shape))  # type: ignore[attr-defined]
+    return np.asarray(data, dtype=np.float32).reshape(shape)
