@@ -11,6 +11,7 @@ from cli.common import handle_errors
 from cli.progress import progress_bar
 from models.familiarity import DEFAULT_FALSE_FLAG_RATE, DEFAULT_METHOD, METHODS, Method
 from models.teacher import read_labelled
+from shiftdown.errors import ModelError
 from shiftdown.manifest import FamiliarityRef, ModelManifest
 from shiftdown.taxonomy import Taxonomy
 
@@ -56,6 +57,21 @@ def fit_after_training(
             out_dir, train, heldout, fit_runtime_options(), method, false_flag_rate, advance
         )
     click.echo(describe(ref), err=True)
+
+
+def fit_or_warn(
+    out_dir: Path,
+    train: list[tuple[str, str]],
+    heldout: list[tuple[str, str]],
+    method: Method,
+    false_flag_rate: float,
+) -> None:
+    """Fit the score of a model just trained; where it cannot be fitted (too few
+    documents), say so: the model is trained and serves without one."""
+    try:
+        fit_after_training(out_dir, train, heldout, method, false_flag_rate)
+    except ModelError as exc:
+        click.echo(f"familiarity: not fitted ({exc}); the model serves without it", err=True)
 
 
 @click.group("familiarity")

@@ -221,8 +221,13 @@ def fit(
     if not 0 < false_flag_rate < 1:
         raise ModelError(f"the false-flag rate must be between 0 and 1, not {false_flag_rate}")
     states = normalised(train_states)
-    if len(states) < 2 * len(set(train_labels)) or len(states) < 10:
-        raise ModelError(f"{len(states)} training documents are too few to fit a familiarity score")
+    # kNN needs a bank to be near; Mahalanobis a mean per label and a covariance.
+    least = 20 if method == "knn" else max(20, 2 * len(set(train_labels)))
+    if len(states) < least:
+        raise ModelError(
+            f"{len(states)} training documents are too few to fit a {method} familiarity "
+            f"score (at least {least})"
+        )
     if method == "knn":
         keep = _sampled(len(states), MAX_BANK, seed)
         states, train_labels = states[keep], [train_labels[i] for i in keep]

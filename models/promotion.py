@@ -26,7 +26,7 @@ from models.retrain import Contender, contend, judge
 from models.scoring import Progress, escalation_economics, no_progress, score_spec
 from models.teacher import read_labelled, teacher_set
 from shiftdown.db import session_scope
-from shiftdown.errors import ConfigError
+from shiftdown.errors import ConfigError, ModelError
 from shiftdown.schema import ModelVersion, Task, TeacherExample
 
 
@@ -105,8 +105,11 @@ def train_candidate(
     # Documents unlike everything it learnt are escalated whatever its confidence.
     from models.familiarity_fit import fit_model_dir, fit_runtime_options
 
-    with progress("fitting familiarity", len(train_set) + len(valid_set)) as advance:
-        fit_model_dir(out_dir, train_set, valid_set, fit_runtime_options(), on_progress=advance)
+    try:
+        with progress("fitting familiarity", len(train_set) + len(valid_set)) as advance:
+            fit_model_dir(out_dir, train_set, valid_set, fit_runtime_options(), on_progress=advance)
+    except ModelError as exc:
+        say(f"familiarity: not fitted ({exc}); the candidate serves without it")
     return out_dir
 
 

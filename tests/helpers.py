@@ -177,3 +177,16 @@ def invoke(*args: str) -> Any:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result
+
+
+def submit_to_a_worker(env: dict[str, str], log: Path, *submit_args: str) -> int:
+    """``submit`` with a real Celery worker on the slm and frontier queues running, until
+    every document of the run settled; returns the run id."""
+    with log.open("wb") as out:
+        worker = celery_worker("slm,frontier", env, out, "-c", "1")
+        try:
+            run_id = int(invoke("submit", *submit_args).stdout.strip())
+            settle(run_id, log)
+        finally:
+            stop(worker)
+    return run_id

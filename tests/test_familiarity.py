@@ -23,7 +23,7 @@ from models.registry import load_model_dir
 from shiftdown.db import session_scope
 from shiftdown.errors import ModelError
 from shiftdown.manifest import ModelManifest
-from tests.helpers import OFF_TOPIC, celery_worker, invoke, settle, stop
+from tests.helpers import OFF_TOPIC, invoke, submit_to_a_worker
 
 # Documents of no banking topic, and in languages and formats the model never saw.
 FOREIGN = [
@@ -193,18 +193,10 @@ def test_an_unfamiliar_document_is_escalated_end_to_end_through_redis_postgres_a
         + [{"id": f"u{i}", "text": t} for i, t in enumerate(strange)]
     )
     invoke("db", "upgrade")
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = celery_worker("slm,frontier", env, out, "-c", "1")
-        try:
-            run = invoke(
-                "submit", str(docs), "--task", "tiny", "--taxonomy", str(tiny["taxonomy"]),
-                "--model", str(tiny["dir"]),
-            )  # fmt: skip
-            run_id = int(run.stdout.strip())
-            settle(run_id, log)
-        finally:
-            stop(worker)
+    run_id = submit_to_a_worker(
+        env, tmp_path / "worker.log", str(docs), "--task", "tiny",
+        "--taxonomy", str(tiny["taxonomy"]), "--model", str(tiny["dir"]),
+    )  # fmt: skip
     with session_scope() as s:
         rows = s.execute(
             text(

@@ -35,7 +35,7 @@ from shiftdown.schema import ModelVersion, Prediction, Task, TeacherExample
 from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 from tests.conftest import DEMO
 from tests.helpers import OFF_TOPIC as ALL_OFF_TOPIC
-from tests.helpers import celery_worker, invoke, settle, stop
+from tests.helpers import invoke, submit_to_a_worker
 
 KNOWN = ["card_arrival", "pin_blocked", "age_limit"]
 OFF_TOPIC = ALL_OFF_TOPIC[:4]
@@ -280,22 +280,16 @@ def test_the_none_outcome_end_to_end_through_redis_postgres_and_a_worker(
         "--none-recall", "0.9", "--candidate-recall", "0",
     ).stdout  # fmt: skip
     assert "none recall" in shown and "the SLM answers none when" in shown
+    # finetune fitted the model's familiarity score: policy set says what it adds.
+    assert "unfamiliar documents (escalated whatever their confidence)" in shown
     with session_scope() as s:
         policy = s.scalars(select(ModelVersion.manifest)).one()["policy"]
     margin = policy["none_margin"]
     assert NONE_LABEL in policy["per_label"] and policy["fitted"]["none_recall"] >= 0.9
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = celery_worker("slm,frontier", env, out, "-c", "1")
-        try:
-            run = invoke(
-                "submit", str(docs), "--task", "open", "--taxonomy", str(tiny_open["taxonomy"]),
-                "--model", str(tiny_open["dir"]),
-            )  # fmt: skip
-            run_id = int(run.stdout.strip())
-            settle(run_id, log)
-        finally:
-            stop(worker)
+    run_id = submit_to_a_worker(
+        env, tmp_path / "worker.log", str(docs), "--task", "open",
+        "--taxonomy", str(tiny_open["taxonomy"]), "--model", str(tiny_open["dir"]),
+    )  # fmt: skip
 
     with session_scope() as s:
         rows = s.execute(
