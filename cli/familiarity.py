@@ -48,30 +48,24 @@ def fit_after_training(
     heldout: list[tuple[str, str]],
     method: Method,
     false_flag_rate: float,
+    warn_only: bool = False,
 ) -> None:
-    """Fit and store the score of a model just trained, saying what it found."""
+    """Fit and store the score of a model, saying what it found. With ``warn_only``
+    (a model just trained), a score that cannot be fitted (too few documents) is said
+    and left out: the model is trained and serves without one."""
     from models.familiarity_fit import fit_model_dir, fit_runtime_options
 
-    with progress_bar("fitting familiarity", total=len(train) + len(heldout)) as advance:
-        ref = fit_model_dir(
-            out_dir, train, heldout, fit_runtime_options(), method, false_flag_rate, advance
-        )
-    click.echo(describe(ref), err=True)
-
-
-def fit_or_warn(
-    out_dir: Path,
-    train: list[tuple[str, str]],
-    heldout: list[tuple[str, str]],
-    method: Method,
-    false_flag_rate: float,
-) -> None:
-    """Fit the score of a model just trained; where it cannot be fitted (too few
-    documents), say so: the model is trained and serves without one."""
     try:
-        fit_after_training(out_dir, train, heldout, method, false_flag_rate)
+        with progress_bar("fitting familiarity", total=len(train) + len(heldout)) as advance:
+            ref = fit_model_dir(
+                out_dir, train, heldout, fit_runtime_options(), method, false_flag_rate, advance
+            )
     except ModelError as exc:
+        if not warn_only:
+            raise
         click.echo(f"familiarity: not fitted ({exc}); the model serves without it", err=True)
+        return
+    click.echo(describe(ref), err=True)
 
 
 @click.group("familiarity")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli.common import handle_errors, make_served
-from cli.familiarity import false_flag_option, fit_or_warn
+from cli.familiarity import false_flag_option, fit_after_training
 from cli.progress import progress_bar
 from models.base import default_gguf_path
 from models.familiarity import DEFAULT_METHOD, METHODS
@@ -147,4 +147,11 @@ def finetune(
     if merged and manifest.adapter:
         make_served(str(base_path or default_gguf_path()), str(out_dir / manifest.adapter))
     if familiarity != "off":
-        fit_or_warn(out_dir, train_set, valid_set, familiarity, false_flag_rate)  # type: ignore[arg-type]
+        fit_after_training(
+            out_dir,
+            train_set,
+            valid_set,
+            familiarity,  # type: ignore[arg-type]
+            false_flag_rate,
+            warn_only=True,
+        )
