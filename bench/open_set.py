@@ -218,8 +218,8 @@ def score_cost(
     model: Path, texts: list[str], score: Familiarity, threads: int, repeats: int = 3
 ) -> dict[str, float]:
     """Seconds per document of classify_many without and with the unfamiliarity score
-    (the split decode and the distance), in the same process, alternating, best of
-    ``repeats``; and their ratio."""
+    (the hidden states read back from the logits, and the distance), in the same
+    process, alternating, best of ``repeats``; and their ratio."""
     gguf, adapter, manifest = load_model_dir(model)
     spec = ModelSpec(str(gguf), tuple(manifest.labels or ()), str(adapter) if adapter else None)
     clf = Classifier(spec, RuntimeOptions(n_threads=threads, parallel=8, familiarity=False))
