@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,25 @@ from shiftdown.errors import ConfigError, ModelError
 # holds the shared prefix, so a decode has room for one document fewer.
 LLAMA_MAX_SEQ = 256
 MAX_PARALLEL = LLAMA_MAX_SEQ - 1
+
+# How a batched context lays out its KV cache: one cache that every document's tokens
+# share ("unified"), or one stream of cells per document ("streams", models.streams).
+KvLayout = Literal["unified", "streams"]
+
+
+@dataclass
+class Pack:
+    """What a decode being packed holds so far: documents, tokens, the longest one."""
+
+    count: int = 0
+    tokens: int = 0
+    longest: int = 0
+
+    def add(self, n_tokens: int) -> None:
+        """Count one more document of ``n_tokens``."""
+        self.count += 1
+        self.tokens += n_tokens
+        self.longest = max(self.longest, n_tokens)
 
 
 def check_parallel(parallel: int) -> None:
@@ -70,9 +90,8 @@ class BatchedDecoder:
         self.n_vocab = int(llm.n_vocab())
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_seq_max = parallel + 1
-        params.kv_unified = True
-        params.n_ctx = len(prefix) + budget
         params.n_batch = params.n_ubatch = budget
+        self._lay_out(params)
         # llama.cpp wants room for at least one output per sequence.
         params.n_outputs_max = parallel + 1
         params.flash_attn_type = (
@@ -94,6 +113,20 @@ class BatchedDecoder:
             self._decode()
         for seq in range(1, parallel + 1):
             llama_cpp.llama_memory_seq_cp(self._memory, 0, seq, -1, -1)
+
+    def _lay_out(self, params: Any) -> None:
+        """One cache for the prefix and every document of a decode."""
+        params.kv_unified = True
+        params.n_ctx = self.prefix_len + self.budget
+
+    @property
+    def longest(self) -> int:
+        """The longest document a decode takes."""
+        return self.budget
+
+    def fits(self, pack: Pack, n_tokens: int) -> bool:
+        """Whether a document of ``n_tokens`` may join a decode that holds ``pack``."""
+        return pack.count < self.parallel and pack.tokens + n_tokens <= self.budget
 
     def _apply_adapter(self, llm: Any) -> None:
         import llama_cpp
@@ -164,6 +197,22 @@ class BatchedDecoder:
         import llama_cpp
 
         n = len(docs)
+        self._pack(docs)
+        try:
+            self._decode()
+            # Rows in batch order: llama.cpp puts reordered outputs back before this.
+            rows = np.ctypeslib.as_array(
+                llama_cpp.llama_get_logits(self._ctx.ctx), shape=(n, self.n_vocab)
+            )
+            more = None if extra is None else rows[:, extra]
+            return rows[:, columns].astype(np.float64), more
+        finally:
+            # Every cell past the prefix, whatever its sequence, in one pass.
+            llama_cpp.llama_memory_seq_rm(self._memory, -1, self.prefix_len, -1)
+
+    def _pack(self, docs: Sequence[npt.NDArray[np.int32]]) -> None:
+        """Load ``docs`` into the batch, one after another, each its own sequence."""
+        n = len(docs)
         lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=n)
         ends = np.cumsum(lengths)
         total = int(ends[-1]) if n else 0
@@ -179,14 +228,3 @@ class BatchedDecoder:
             np.repeat(np.arange(1, n + 1, dtype=np.int32), lengths),
             ends - 1,
         )
-        try:
-            self._decode()
-            # Rows in batch order: llama.cpp puts reordered outputs back before this.
-            rows = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits(self._ctx.ctx), shape=(n, self.n_vocab)
-            )
-            more = None if extra is None else rows[:, extra]
-            return rows[:, columns].astype(np.float64), more
-        finally:
-            # Every cell past the prefix, whatever its sequence, in one pass.
-            llama_cpp.llama_memory_seq_rm(self._memory, -1, self.prefix_len, -1)

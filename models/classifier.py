@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.batched import BatchedDecoder, check_parallel
+from models.batched import BatchedDecoder, KvLayout, Pack, check_parallel
 from models.coding import (
     ANSWER_PREFIX,
     PLAIN_TEMPLATE,
@@ -32,6 +32,7 @@ from models.familiarity import Familiarity
 from models.finetune_manifest import file_sha256
 from models.hidden_state import OutputInverse
 from models.served import served_files
+from models.streams import StreamDecoder
 from shiftdown.errors import ModelError
 from shiftdown.manifest import ModelManifest
 from shiftdown.settings import DEFAULT_SERVE_TYPE, Settings
@@ -52,6 +53,9 @@ class RuntimeOptions:
     # parallel document, at least n_batch).
     decode_tokens: int | None = None
     flash_attn: bool = True
+    # How a batched decode's KV cache is laid out: one cache (models.batched) or one
+    # stream per document (models.streams).
+    kv_layout: KvLayout = "unified"
     # A model with a LoRA adapter is served merged into this type, or as trained
     # ("adapter"); see models.served.
     serve_type: str = DEFAULT_SERVE_TYPE
@@ -77,6 +81,7 @@ class RuntimeOptions:
             parallel=s.parallel,
             decode_tokens=s.decode_tokens,
             flash_attn=s.flash_attn,
+            kv_layout=s.kv_layout,
             serve_type=s.serve_type,
             familiarity=s.familiarity,
         )
@@ -199,8 +204,9 @@ class Classifier:
                 f"n_ctx={options.n_ctx} leaves no room for documents after the "
                 f"{len(self._prefix)}-token instruction; raise SHIFTDOWN_N_CTX"
             )
+        decoder = StreamDecoder if options.kv_layout == "streams" else BatchedDecoder
         self._batched = (
-            BatchedDecoder(
+            decoder(
                 self._llm, self._prefix, options.parallel, options.decode_budget, options.flash_attn
             )
             if options.parallel > 1
@@ -262,24 +268,20 @@ class Classifier:
         tokenizer runs without the GIL), so callers can prepare while another decodes."""
         return Prepared(*self._tokens(text, self._suffix_array))
 
-    def fits(self, group: Sequence[Prepared], used: int, item: Prepared) -> bool:
-        """Whether ``item`` may join a decode that holds ``group`` (``used`` tokens):
-        at most ``parallel`` documents within the token budget. A document longer than
-        the budget, or any document without a batched context, is decoded alone."""
-        if not group:
+    def fits(self, pack: Pack, item: Prepared) -> bool:
+        """Whether ``item`` may join a decode that holds ``pack``: at most ``parallel``
+        documents within the token budget. A document longer than a batched decode
+        takes, or any document without a batched context, is decoded alone."""
+        if not pack.count:
             return True
         batched = self._batched
-        return (
-            batched is not None
-            and len(group) < batched.parallel
-            and used + len(item.tokens) <= batched.budget
-        )
+        return batched is not None and batched.fits(pack, len(item.tokens))
 
     def decode(self, group: Sequence[Prepared]) -> list[Classification]:
         """One decode of ``group`` (documents that ``fits`` put together), in order. Each
         result's latency is its share of the decode."""
         batched = self._batched
-        if len(group) == 1 and (batched is None or len(group[0].tokens) > batched.budget):
+        if len(group) == 1 and (batched is None or len(group[0].tokens) > batched.longest):
             return [self._decode_alone(group[0])]
         if batched is None:
             raise ModelError("this model was loaded to decode one document at a time")
@@ -353,18 +355,29 @@ class Classifier:
         """Distributions for several documents, in order: decoded ``parallel`` at a time
         (and at most the decode's token budget) when the model was loaded with
         ``parallel > 1``, else one by one."""
-        results: list[Classification] = []
-        group: list[Prepared] = []
-        used = 0
-        for item in map(self.prepare, texts):
-            if not self.fits(group, used, item):
-                results += self.decode(group)
-                group, used = [], 0
-            group.append(item)
-            used += len(item.tokens)
+        items = [self.prepare(text) for text in texts]
+        order: Sequence[int] = range(len(items))
+        if isinstance(self._batched, StreamDecoder):
+            # Each document of a streamed decode is padded to the longest: decode
+            # documents of about the same length together.
+            order = sorted(order, key=lambda i: len(items[i].tokens))
+        results: list[Classification | None] = [None] * len(items)
+        group: list[int] = []
+        pack = Pack()
+
+        def flush() -> None:
+            for i, result in zip(group, self.decode([items[i] for i in group]), strict=True):
+                results[i] = result
+
+        for i in order:
+            if not self.fits(pack, items[i]):
+                flush()
+                group, pack = [], Pack()
+            group.append(i)
+            pack.add(len(items[i].tokens))
         if group:
-            results += self.decode(group)
-        return results
+            flush()
+        return [r for r in results if r is not None]
 
 
 def load_familiarity(manifest: ModelManifest) -> Familiarity | None:

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from models.batched import Pack
 from models.classifier import Classification, Classifier, Prepared
 from shiftdown.errors import ModelError, RetryableError
 
@@ -79,16 +80,14 @@ class DecodeLoop:
     def _take(self) -> list[tuple[_Request, int]]:
         """The next decode's items, oldest first, as (request, index); under the lock."""
         picked: list[tuple[_Request, int]] = []
-        group: list[Prepared] = []
-        used = 0
+        pack = Pack()
         for request in self._queue:
             while request.taken < len(request.items):
                 item = request.items[request.taken]
-                if not self.clf.fits(group, used, item):
+                if not self.clf.fits(pack, item):
                     return picked
                 picked.append((request, request.taken))
-                group.append(item)
-                used += len(item.tokens)
+                pack.add(len(item.tokens))
                 request.taken += 1
         return picked
 

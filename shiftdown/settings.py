@@ -87,6 +87,14 @@ class Settings(BaseSettings):
         description="llama.cpp flash attention (a CUDA build needs its FA kernels, which "
         "bench/gpu.sh builds). Its CPU kernel skips the cells a batched decode masks out.",
     )
+    kv_layout: Literal["unified", "streams"] = Field(
+        default="unified",
+        description="KV cache of a batched decode (with parallel > 1): `unified`, one cache "
+        "that every document of the decode shares (its attention mask, built on the host, "
+        "grows with the square of the decode's tokens), or `streams`, one stream of cells "
+        "per document, each document padded to the longest of its decode. On the CPU both "
+        "run at about the same rate (docs/performance.md); bench/gpu.sh measures both on a GPU.",
+    )
     n_gpu_layers: int = Field(
         default=0, description="Layers offloaded to the GPU (-1: all; needs a CUDA build)."
     )

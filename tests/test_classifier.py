@@ -112,6 +112,36 @@ def test_documents_decoded_together_get_the_distributions_they_get_alone(
     assert seen == [8, 8, 6]
 
 
+def test_documents_decoded_in_their_own_kv_streams_get_what_they_get_alone(
+    labels: tuple[str, ...], banking: list[dict[str, str]]
+) -> None:
+    # One KV stream per document (models.streams): each is padded to the longest of its
+    # decode, and classify_many orders them by length, then puts the answers back.
+    from models.registry import load_model_dir
+
+    gguf, adapter, manifest = load_model_dir(Path("demo/banking77-lora"))
+    spec = ModelSpec(str(gguf), labels, str(adapter), manifest)
+    options = RuntimeOptions(n_ctx=1024, n_threads=2, n_batch=256, serve_type="adapter")
+    single = Classifier(spec, options)
+    streams = Classifier(spec, replace(options, parallel=8, kv_layout="streams"))
+    # One past what a stream holds (decoded alone), and an empty one.
+    texts = [r["text"] for r in banking[:20]] + ["card declined " * 100, ""]
+    together = streams.classify_many(texts)
+    alone = [single.classify(t) for t in texts]
+    for a, b in zip(alone, together, strict=True):
+        assert a.label == b.label
+        assert (a.prompt_tokens, a.truncated) == (b.prompt_tokens, b.truncated)
+        np.testing.assert_allclose(a.probs, b.probs, atol=0.06)
+    # The padding after a document's answer cue never reaches its answer, and nothing
+    # crosses streams: a document's logits do not depend on what it shares a decode with.
+    by_length = sorted(texts[:20], key=lambda t: len(single.document_tokens(t)[0]))
+    short, middle, long = by_length[0], by_length[10], by_length[-1]
+    assert len(single.document_tokens(short)[0]) < len(single.document_tokens(long)[0])
+    first = streams.classify_many([short, long])[0]
+    again = streams.classify_many([short, middle, long])[0]
+    np.testing.assert_array_equal(first.logits, again.logits)
+
+
 def test_parallel_beyond_what_llama_cpp_holds_is_refused_clearly(labels: tuple[str, ...]) -> None:
     from shiftdown.errors import ConfigError
 
