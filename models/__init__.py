@@ -7,6 +7,13 @@ sets, AMX included) segfaulted inside ``llama_model_load_from_file`` in a proces
 had imported the store first, and loaded fine the other way round. The cause is not
 yet known (``bench/gpu.sh`` checks both orders on a GPU); the processes that load
 models (the workers, the CLI) import this package first, so the order is always this one.
+
+The training process is the exception (``models.train_process``): torch and the CUDA
+build of llama.cpp abort together in one process, so it is started with
+``SHIFTDOWN_TRAINING_PROCESS`` set and never loads llama.cpp.
 """
 
-import llama_cpp  # noqa: F401
+import os
+
+if not os.environ.get("SHIFTDOWN_TRAINING_PROCESS"):
+    import llama_cpp  # noqa: F401

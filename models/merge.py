@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
@@ -28,15 +27,18 @@ logger = logging.getLogger(__name__)
 
 # llama.cpp file types (enum llama_ftype) by the name `SHIFTDOWN_SERVE_TYPE` and
 # `export --type` take. Q4_1 is here for the record of its defect (docs/performance.md,
-# Served forms).
+# Served forms). The numbers are llama.h's, fixed because GGUF files record them; they
+# are written out so that the training process, which writes GGUFs but must not load
+# llama.cpp beside torch (models.train_process), can import this module
+# (tests/test_train_process.py checks them against llama_cpp's).
 FILE_TYPES = {
-    "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
-    "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
-    "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K,
-    "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
-    "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
-    "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0,
-    "q4_1": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_1,
+    "f16": 1,
+    "q8_0": 7,
+    "q6_k": 18,
+    "q5_k_m": 17,
+    "q4_k_m": 15,
+    "q4_0": 2,
+    "q4_1": 3,
 }
 
 
@@ -181,6 +183,8 @@ def quantize(source: Path, out: Path, kind: str, threads: int = 0) -> None:
 
     ``threads`` 0 lets llama.cpp use every core.
     """
+    import llama_cpp
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FILE_TYPES[kind]
     params.nthread = threads
