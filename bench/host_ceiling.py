@@ -13,7 +13,8 @@ Lines, on BANKING77 test queries (repeated to ``--docs``):
 2. classify_many   ``Classifier.classify_many`` with ``--parallel`` documents per decode,
                    over tasks of ``--task-size`` documents, once per KV layout of
                    ``--kv-layout`` (unified: one cache for the whole decode; streams:
-                   one stream per document, ``models.streams``);
+                   one stream per document, ``models.streams``, its lines named
+                   ``..._streams``);
 3. pipeline        producer → Redis → one Celery worker (threads pool, ``--threads``
                    tasks in flight sharing one model; ``--pool prefork``: one task at a
                    time) → Postgres, from the first enqueue to the last committed
@@ -39,7 +40,7 @@ from typing import Any
 from bench.queries import banking_queries
 from bench.stack import ROOT
 from bench.table import print_lines
-from bench.throughput import line_classify, line_classify_many, line_pipeline
+from bench.throughput import LAYOUT_SUFFIX, line_classify, line_classify_many, line_pipeline
 from bench.tiny_model import write_tiny_gguf
 from models.classifier import Classifier, ModelSpec, RuntimeOptions
 from models.registry import read_manifest
@@ -69,11 +70,12 @@ def measure(args: argparse.Namespace, model: Path) -> dict[str, dict[str, Any]]:
         clf.classify_many(texts[: args.parallel])  # warm caches
         if "classify" not in results:
             record("classify", line_classify(clf, texts[: min(len(texts), 2000)]))
-        record(f"classify_many {layout}", line_classify_many(clf, texts, args.task_size))
+        line = line_classify_many(clf, texts, args.task_size)
+        record(f"classify_many{LAYOUT_SUFFIX[layout]}", line)
         del clf  # the worker process gets the cores to itself
         if not args.no_pipeline:
             record(
-                f"pipeline {layout}",
+                f"pipeline{LAYOUT_SUFFIX[layout]}",
                 line_pipeline(
                     str(model),
                     texts,

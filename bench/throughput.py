@@ -49,6 +49,9 @@ from models.classifier import Classifier, ModelSpec, RuntimeOptions
 from models.registry import load_model_dir
 from shiftdown.settings import SERVE_TYPES, get_settings
 
+# Line names per KV layout: the default layout's lines keep the names scripts read.
+LAYOUT_SUFFIX = {"unified": "", "streams": "_streams"}
+
 
 def stats(latencies_ms: list[float], wall_s: float) -> dict[str, float]:
     """docs/s over ``wall_s`` and the latencies' p50 and p95."""
@@ -315,7 +318,7 @@ def main() -> None:
         as_trained.classify(texts[0])
         record("classify_adapter", line_classify(as_trained, single, gold[:n_single]))
         del as_trained
-    suffix = {"unified": "", "streams": "_streams"}
+    suffix = LAYOUT_SUFFIX
     for layout in args.kv_layout:
         for parallel in (n for n in args.parallel if n > 1):
             del clf

@@ -38,7 +38,7 @@ def test_host_ceiling_prints_one_json_object_with_both_lines() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = json.loads(result.stdout)
-    for name in ("classify_many", "pipeline"):
+    for name in ("classify_many", "pipeline", "classify_many_streams", "pipeline_streams"):
         assert {"docs_per_s", "p50_ms", "p95_ms"} <= set(lines[name])
         assert lines[name]["docs_per_s"] > 0
     assert lines["classify_many"]["p50_ms"] <= lines["classify_many"]["p95_ms"]
