@@ -48,6 +48,9 @@ class ScriptedServer:
     # Off by default: a kept connection holds a handler thread that ``stop`` waits for.
     keep_alive: bool = False
     script: list[Answer] = field(default_factory=list)
+    # An outage: chat completions received before this time.monotonic() are answered
+    # 503, as a provider that is down answers them.
+    down_until: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     batch: BatchApi | None = None
     _httpd: _Httpd | None = None
@@ -125,6 +128,9 @@ class ScriptedServer:
                     self._send(200, api.create(body), {})
                     return
                 server.requests.append(body)
+                if time.monotonic() < server.down_until:
+                    self._send(503, {"error": {"message": "service unavailable"}}, {})
+                    return
                 answer = server.script.pop(0) if server.script else server.default_answer
                 status, payload, headers = answer(body)
                 time.sleep(max(0.0, server.delay_s - (time.perf_counter() - received)))

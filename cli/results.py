@@ -100,7 +100,7 @@ def _left_over(run_id: int, following: bool) -> str | None:
     if unsettled:
         parts.append(f"{unsettled} not settled yet (`shiftdown results --follow` waits)")
     if parked:
-        parts.append(f"{parked} awaiting the frontier (`shiftdown escalate --pending`)")
+        parts.append(f"{parked} awaiting the frontier (`shiftdown escalate`)")
     return f"run {run_id}: " + "; ".join(parts) if parts else None
 
 

@@ -15,7 +15,7 @@ from shiftdown.errors import ConfigError
 from shiftdown.reporting import documents_by_state, latest_run_id
 from shiftdown.schema import DocState, InputError, Run
 
-# States a document does not leave without an operator (escalate --pending) or a retry.
+# States a document does not leave without an operator (shiftdown escalate) or a retry.
 SETTLED = (
     DocState.CLASSIFIED,
     DocState.FRONTIER_FAILED,

@@ -1,4 +1,5 @@
-"""Send parked documents (``awaiting_frontier``) to the frontier stage."""
+"""Send parked documents (``awaiting_frontier``), and those the frontier failed
+(``frontier_failed``), to the frontier stage."""
 
 from __future__ import annotations
 
@@ -12,19 +13,19 @@ from workers.app import TASK_FRONTIER, dispatch
 from workers.store import move_documents
 
 
-def escalate_pending(run_id: int | None = None) -> int:
-    """Enqueue every parked document (of one run, or all); returns how many."""
+def escalate_pending(run_id: int | None = None, failed: bool = True) -> int:
+    """Enqueue every parked document (of one run, or all), and with ``failed`` every one
+    that ended ``frontier_failed``; returns how many."""
     s = get_settings()
     if not s.frontier_configured:
         raise ConfigError("no frontier configured: set OPENAI_API_KEY and/or OPENAI_BASE_URL")
+    states = [DocState.AWAITING_FRONTIER] + ([DocState.FRONTIER_FAILED] if failed else [])
     with session_scope() as session:
-        query = select(Document.id).where(Document.state == DocState.AWAITING_FRONTIER)
+        query = select(Document.id).where(Document.state.in_(states))
         if run_id is not None:
             query = query.where(Document.run_id == run_id)
         ids = list(session.scalars(query.order_by(Document.id)))
-        move_documents(
-            session, ids, [DocState.AWAITING_FRONTIER], state=DocState.ESCALATED, error=None
-        )
+        move_documents(session, ids, states, state=DocState.ESCALATED, error=None)
     for doc_id in ids:
         dispatch(TASK_FRONTIER, [doc_id], queue=s.frontier_queue)
     return len(ids)

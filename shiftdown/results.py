@@ -103,7 +103,7 @@ def results_for(session: Session, document_ids: Sequence[int]) -> list[ResultRow
 
 
 # A document in one of these states has its result, or has none for now (parked until
-# ``shiftdown escalate --pending``): what ``shiftdown wait`` and ``--follow`` wait for.
+# ``shiftdown escalate``): what ``shiftdown wait`` and ``--follow`` wait for.
 SETTLED = (*FINAL, DocState.AWAITING_FRONTIER)
 _UNSETTLED = (DocState.QUEUED, DocState.ESCALATED)
 PAGE_SIZE = 1000
@@ -171,7 +171,7 @@ def follow_results(
 
     Parked documents (``awaiting_frontier``) count as settled for the mark, so that a
     run without a frontier does not hold the whole run in the window; one that
-    ``escalate --pending`` labels after the mark has passed it is not printed here
+    ``shiftdown escalate`` labels after the mark has passed it is not printed here
     (``shiftdown results`` prints it afterwards).
 
     Ends once the run is submitted and every document is settled, having yielded every
@@ -215,7 +215,7 @@ def follow_results(
 
 
 def parked_count(session: Session, run_id: int) -> int:
-    """How many of the run's documents await a frontier (``escalate --pending``)."""
+    """How many of the run's documents await a frontier (``shiftdown escalate``)."""
     return int(
         session.scalar(
             select(func.count()).where(

@@ -236,6 +236,26 @@ class Settings(BaseSettings):
     frontier_task_retries: int = Field(
         default=5, ge=0, description="Celery retries of a frontier task after retryable errors."
     )
+    frontier_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Frontier calls in a row that find it unavailable (no connection, a "
+        "timeout, 408/409/429, 5xx) before a worker process stops calling it and parks "
+        "escalated documents as awaiting_frontier (the circuit breaker opens).",
+    )
+    frontier_breaker_cooldown_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long an open breaker waits before one probe call (doubling while "
+        "the frontier stays down, at most a minute).",
+    )
+    frontier_recover_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often each worker looks for documents parked by a frontier outage "
+        "and, once a probe document is answered, sends them again (Postgres only; 0: off, "
+        "`shiftdown escalate` sends them).",
+    )
     frontier_retry_base_s: float = Field(
         default=2.0,
         gt=0,

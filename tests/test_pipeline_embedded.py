@@ -361,3 +361,51 @@ def _labels_by_text() -> dict[str, tuple[str, str]]:
     with session_scope() as s:
         texts = dict(s.execute(select(Document.external_id, Document.text)).all())
     return {texts[ext]: value for ext, value in final_labels(1).items()}
+
+
+def test_an_outage_parks_escalations_and_escalate_sends_them_and_failed_ones(
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+    docs: Path,
+    banking_taxonomy: Path,
+    scripted: ScriptedServer,
+) -> None:
+    import time
+
+    from sqlalchemy import update
+
+    use_settings(
+        SHIFTDOWN_DATABASE_URL=sqlite_url,
+        SHIFTDOWN_THRESHOLD="1.0",
+        OPENAI_BASE_URL=scripted.base_url,
+        OPENAI_API_KEY="sk-test",
+        SHIFTDOWN_FRONTIER_RETRY_BASE_S="0.01",
+        SHIFTDOWN_FRONTIER_BREAKER_FAILURES="3",
+    )
+    scripted.down_until = time.monotonic() + 3600
+    _run(["run", str(docs), "--taxonomy", str(banking_taxonomy)])
+    c = counts(1)
+    # Nothing failed for the outage: every escalation waits, and after three calls in a
+    # row found the frontier down the breaker parked the rest without calling.
+    assert c["states"] == {DocState.AWAITING_FRONTIER: 40}
+    assert c["frontier_calls"] == len(scripted.requests) == 3
+    with session_scope() as s:
+        errors = list(s.scalars(select(Document.error)))
+        # Documents a frontier failed before outages parked (or that it refused).
+        s.execute(
+            update(Document)
+            .where(Document.id <= 5)
+            .values(state=DocState.FRONTIER_FAILED, error="HTTP 400: bad request")
+        )
+    assert all(e is not None and e.startswith("frontier unavailable") for e in errors)
+    assert "circuit open" in errors[-1]
+
+    # The frontier is back (a new process: its breaker is closed).
+    scripted.down_until = 0.0
+    frontier.reset_client()
+    assert "35 document(s)" in _run(["escalate", "--no-failed"]).output
+    assert counts(1)["states"] == {DocState.CLASSIFIED: 35, DocState.FRONTIER_FAILED: 5}
+    assert "5 document(s)" in _run(["escalate"]).output
+    c = counts(1)
+    assert c["states"] == {DocState.CLASSIFIED: 40}
+    assert c["stages"] == {"slm": 40, "frontier": 40} and c["frontier_calls"] == 43

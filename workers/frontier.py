@@ -2,7 +2,12 @@
 every attempt with its tokens and dollars, and retry only what a retry can fix.
 
 With no frontier configured, escalated documents are parked as ``awaiting_frontier``;
-``shiftdown escalate --pending`` sends them once one is.
+``shiftdown escalate`` sends them once one is. So are documents the frontier could not be
+reached for (an outage, rate limits past the retries, or the circuit breaker open,
+``workers.frontier_breaker``): they wait instead of failing, and each worker's recovery
+pass (``workers.frontier_recovery``) sends them again once the frontier answers. Only
+an answer the frontier refuses for the request itself (a 4xx other than 408/409/429)
+ends a document ``frontier_failed``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from shiftdown.settings import get_settings
 from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 from workers import results_stream
 from workers.app import TASK_FRONTIER, app
+from workers.frontier_breaker import UNAVAILABLE, CircuitBreaker
 from workers.frontier_client import OK, RETRYABLE, FrontierClient, FrontierResult
 from workers.store import (
     PredictionRow,
@@ -51,6 +57,7 @@ log = logging.getLogger(__name__)
 WAITING = (DocState.ESCALATED, DocState.AWAITING_FRONTIER)
 
 _client: FrontierClient | None = None
+_breaker: CircuitBreaker | None = None
 
 
 def get_client() -> FrontierClient:
@@ -61,10 +68,20 @@ def get_client() -> FrontierClient:
     return _client
 
 
+def get_breaker() -> CircuitBreaker:
+    """This process's circuit breaker for the frontier."""
+    global _breaker
+    if _breaker is None:
+        s = get_settings()
+        _breaker = CircuitBreaker(s.frontier_breaker_failures, s.frontier_breaker_cooldown_s)
+    return _breaker
+
+
 def reset_client() -> None:
-    """Forget the client (after settings change)."""
-    global _client
+    """Forget the client and the breaker (after settings change)."""
+    global _client, _breaker
     _client = None
+    _breaker = None
 
 
 def backoff_s(retry: int) -> float:
@@ -173,6 +190,15 @@ def record_outcome(
             error=None,
         ):
             results_stream.owe(session, [(document_id, run_id)])
+    elif final and not audit and result.unavailable:
+        # An outage is not the document's fault: it waits for the frontier to come back.
+        move_documents(
+            session,
+            [document_id],
+            WAITING,
+            state=DocState.AWAITING_FRONTIER,
+            error=f"{UNAVAILABLE}: {result.error}"[:500],
+        )
     elif (
         final
         and not audit
@@ -358,9 +384,10 @@ def release_lease(session: Session, document_id: int) -> None:
 
 def process_document(
     document_id: int, retries_left: bool, audit: bool = False
-) -> FrontierResult | None:
-    """Label one escalated (or, with ``audit``, one kept) document; None when there was
-    nothing to do."""
+) -> tuple[FrontierResult, bool] | None:
+    """Label one escalated (or, with ``audit``, one kept) document: the attempt's result
+    and whether it settled the document (an answer, a failure, or parked to wait for the
+    frontier); None when there was nothing to do (or it was parked without a call)."""
     s = get_settings()
     with session_scope() as session:
         doc = _pending(session, document_id, audit)
@@ -373,7 +400,20 @@ def process_document(
                     session, [document_id], WAITING, state=DocState.AWAITING_FRONTIER, error=capped
                 )
             return None
+        breaker = get_breaker()
+        if not breaker.allow():
+            # The frontier is down: no call, the document waits (an audit is skipped).
+            if not audit:
+                move_documents(
+                    session,
+                    [document_id],
+                    WAITING,
+                    state=DocState.AWAITING_FRONTIER,
+                    error=breaker.reason(),
+                )
+            return None
         if not take_lease(session, document_id, audit):
+            breaker.released()
             raise LeaseHeld(document_id, lease_left_s(session, document_id))
         run = session.get_one(Run, doc.run_id)
         taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
@@ -387,14 +427,20 @@ def process_document(
             _record_paid(document_id, run_id, result, False, audit)
             result = get_client().classify(text, taxonomy)
     except BaseException:
+        breaker.released()
         with session_scope() as session:
             release_lease(session, document_id)
         raise
-    final = result.status != RETRYABLE or not retries_left
+    if result.unavailable:
+        breaker.failed(result.error)
+    else:
+        breaker.succeeded()
+    # While the breaker is open a retry would only park the document: it waits now.
+    final = result.status != RETRYABLE or not retries_left or breaker.state == "open"
     attempt = _record_paid(document_id, run_id, result, final, audit)
     if result.status != OK:
         log.warning("frontier attempt %d for document %d: %s", attempt, document_id, result.error)
-    return result
+    return result, final
 
 
 @app.task(
@@ -416,7 +462,7 @@ def classify_with_frontier(self: Any, document_id: int, audit: bool = False) -> 
     retry = self.request.retries
     while True:
         try:
-            result = process_document(document_id, retry < s.frontier_task_retries, audit)
+            outcome = process_document(document_id, retry < s.frontier_task_retries, audit)
         except LeaseHeld as held:
             if self.request.is_eager:
                 log.warning("%s (another process holds it)", held)
@@ -429,10 +475,11 @@ def classify_with_frontier(self: Any, document_id: int, audit: bool = False) -> 
                 args=[document_id, audit], countdown=held.seconds_left + 1, queue=s.frontier_queue
             )
             return "leased"
-        if result is None:
+        if outcome is None:
             return "noop"
-        if result.status != RETRYABLE or retry >= s.frontier_task_retries:
-            return result.status
+        result, final = outcome
+        if final:
+            return "parked" if result.status == RETRYABLE and result.unavailable else result.status
         countdown = result.retry_after_s or backoff_s(retry + 1)
         if not self.request.is_eager:
             raise self.retry(countdown=countdown, max_retries=s.frontier_task_retries)

@@ -48,6 +48,10 @@ class FrontierResult:
     offered: int | None = None
     # A narrowed request answered "none of these": no label, the whole taxonomy next.
     declined: bool = False
+    # The frontier could not be reached or turned the request away for load (no
+    # connection, a timeout, 408/409/429, 5xx): once retries run out the document waits
+    # for it (awaiting_frontier) instead of failing, and the breaker counts it.
+    unavailable: bool = False
 
 
 def _mentions(exc: openai.APIStatusError, *words: str) -> bool:
@@ -165,6 +169,7 @@ class FrontierClient:
                 RETRYABLE if transient else FATAL,
                 http_status=status_code or None,
                 error=(error or f"HTTP {status_code}")[:500],
+                unavailable=transient,
             )
         else:
             completion = openai.types.chat.ChatCompletion.model_validate(body)
@@ -208,9 +213,15 @@ class FrontierClient:
                     http_status=exc.status_code,
                     error=f"HTTP {exc.status_code}: {exc.message}"[:500],
                     retry_after_s=_retry_after(exc),
+                    unavailable=transient,
                 )
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                return self._result(start, RETRYABLE, error=f"{type(exc).__name__}: {exc}"[:500])
+                return self._result(
+                    start,
+                    RETRYABLE,
+                    error=f"{type(exc).__name__}: {exc}"[:500],
+                    unavailable=True,
+                )
             except (openai.APIError, ValueError) as exc:
                 # A body that is not a chat completion (the client raises JSONDecodeError
                 # for a 200 whose body is not JSON): the server may answer properly next time.

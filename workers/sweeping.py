@@ -1,7 +1,8 @@
 """Each worker's reconciliation sweep (``workers.reconcile.sweep``), its results-outbox
-sweep (``workers.results_stream``, with a results stream) and, in batch mode, its batch
-passes (``workers.batch``), started when the worker is ready and stopped when it shuts
-down, in the worker's main process."""
+sweep (``workers.results_stream``, with a results stream), its recovery pass after a
+frontier outage (``workers.frontier_recovery``) and, in batch mode, its batch passes
+(``workers.batch``), started when the worker is ready and stopped when it shuts down, in
+the worker's main process."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ def _start(**_: Any) -> None:
         # Results a worker settled but could not append (Redis away, killed between
         # its commit and its append) go from the outbox once SWEEP_AFTER_S old.
         _sweepers.append(Sweeper(results_stream.SWEEP_AFTER_S, results_stream.sweep_outbox).start())
+    if s.frontier_recover_interval_s > 0 and s.frontier_configured:
+        from workers.frontier_recovery import recover_pass
+
+        # Documents parked by a frontier outage go back once a probe is answered.
+        _sweepers.append(Sweeper(s.frontier_recover_interval_s, recover_pass).start())
     if s.frontier_mode == "batch" and s.frontier_configured:
         from workers.batch import batch_pass
 
