@@ -22,7 +22,15 @@ def upgrade(revision: str) -> None:
 
 @db.command()
 @click.argument("revision")
-def downgrade(revision: str) -> None:
+@click.option("--yes", is_flag=True, help="Do not ask: a downgrade drops tables and their rows.")
+def downgrade(revision: str, yes: bool) -> None:
     """Downgrade the database to REVISION (``base`` drops every table)."""
+    if not yes:
+        # What a downgrade drops is gone: results, frontier calls, teacher data.
+        click.confirm(
+            f"Downgrade to {revision}? The tables and columns it removes are dropped with "
+            "their data.",
+            abort=True,
+        )
     migrations.downgrade(revision=revision)
     click.echo(f"database at {revision}")

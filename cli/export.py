@@ -27,8 +27,9 @@ MERGED_TYPES = [t for t in SERVE_TYPES if t != "adapter"]
     "--serve",
     type=click.Choice(SERVE_TYPES),
     default=None,
-    help="Pin `--model DIR` to serve this exported file, whatever SHIFTDOWN_SERVE_TYPE "
-    "says; `adapter` removes the pin.",
+    help="Pin MODEL_DIR to serve this exported file wherever it is named (a `--model` "
+    "option, a registered version), whatever SHIFTDOWN_SERVE_TYPE says; `adapter` "
+    "removes the pin.",
 )
 @handle_errors
 def export(model_dir: Path, kinds: tuple[str, ...], serve: str | None) -> None:

@@ -12,7 +12,13 @@ from shiftdown.settings import get_settings
 
 @click.command()
 @click.option("--port", default=5555, show_default=True, help="Port to serve Flower on.")
-@click.option("--address", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (as `metrics`: this machine only; 0.0.0.0 in a container, "
+    "behind the basic auth the settings give).",
+)
 def flower(port: int, address: str) -> None:
     """Run Flower for the slm and frontier queues (needs SHIFTDOWN_FLOWER_PASSWORD)."""
     s = get_settings()

@@ -10,7 +10,13 @@ import click
 from sqlalchemy import select
 
 from cli.common import ensure_schema, handle_errors, load_taxonomy
-from cli.options import model_option, task_option, taxonomy_option
+from cli.options import (
+    id_column_option,
+    model_option,
+    task_option,
+    taxonomy_option,
+    text_column_option,
+)
 from cli.progress import progress_bar
 from producers.stream_ingest import StreamReader, StreamSource
 from producers.submit import create_run, reopen_run, submit_records
@@ -40,10 +46,8 @@ def stream_run(source_name: str) -> int | None:
     "the same name takes up its own pending entries at once.",
 )
 @click.option("--redis", "url", default=None, help="Redis URL (default: the broker's).")
-@click.option(
-    "--text-field", default="text", show_default=True, help="Stream entry field of the text."
-)
-@click.option("--id-field", default="id", show_default=True, help="(default: the entry id)")
+@text_column_option("Stream entry field of the text.")
+@id_column_option("Stream entry field of the id (default: the entry id).")
 @click.option(
     "--claim-idle-ms",
     type=int,
@@ -60,8 +64,8 @@ def ingest(
     group: str,
     consumer: str | None,
     url: str | None,
-    text_field: str,
-    id_field: str,
+    text_column: str,
+    id_column: str,
     claim_idle_ms: int,
     taxonomy: str | None,
     task_name: str | None,
@@ -84,7 +88,7 @@ def ingest(
         run_id, slm_queue = create_run(name, load_taxonomy(taxonomy), model_ref, source_name)
     reader = StreamReader(
         StreamSource(
-            url, key, group, consumer or socket.gethostname(), text_field, id_field, claim_idle_ms
+            url, key, group, consumer or socket.gethostname(), text_column, id_column, claim_idle_ms
         )
     )
 

@@ -17,6 +17,44 @@ from producers.readers import Format
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def renamed_option(name: str, old: str, dest: str, **attrs: Any) -> Callable[[F], F]:
+    """``click.option(name, dest, **attrs)`` that still takes its ``old`` spelling, hidden
+    (kept for a release, so that scripts written against it keep working). The one
+    spelling per concept is what tests/test_cli_grammar.py holds every command to."""
+
+    def decorate(func: F) -> F:
+        legacy = f"{dest}__{old.lstrip('-').replace('-', '_')}"
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = kwargs.pop(legacy)
+            if value is not None:
+                kwargs[dest] = value
+            return func(*args, **kwargs)
+
+        hidden = click.option(old, legacy, hidden=True, default=None, type=attrs.get("type"))
+        return click.option(name, dest, **attrs)(hidden(wrapper))  # type: ignore[return-value]
+
+    return decorate
+
+
+def text_column_option(
+    help: str = "JSON field or CSV column holding the text.",
+) -> Callable[[F], F]:
+    """``--text-column``: where a record's text is (once ``--text-field`` in some commands)."""
+    return renamed_option(
+        "--text-column", "--text-field", "text_column", default="text", show_default=True, help=help
+    )
+
+
+def id_column_option(help: str) -> Callable[[F], F]:
+    """``--id-column``: where a record's id is (once ``--id-field``)."""
+    return renamed_option(
+        "--id-column", "--id-field", "id_column", default="id", show_default=True, help=help
+    )
+
+
 task_option = click.option(
     "--task", "task_name", default=None, help="Task (default: SHIFTDOWN_TASK)."
 )
@@ -57,8 +95,8 @@ class SourceOptions:
     task_name: str | None
     model_ref: str | None
     fmt: Format
-    text_field: str
-    id_field: str
+    text_column: str
+    id_column: str
     limit: int | None
 
 
@@ -85,18 +123,8 @@ def input_options(func: F) -> F:
             show_default=True,
             help="Input format (auto: from the file name, else the content).",
         ),
-        click.option(
-            "--text-field",
-            default="text",
-            show_default=True,
-            help="JSON field or CSV column holding the text.",
-        ),
-        click.option(
-            "--id-field",
-            default="id",
-            show_default=True,
-            help="JSON field or CSV column holding the document id (default: line number).",
-        ),
+        text_column_option(),
+        id_column_option("JSON field or CSV column of the document id (default: line number)."),
         limit_option("Submit"),
     ]
     for decorator in reversed(decorators):

@@ -70,13 +70,14 @@ def print_report(run_id: int | None, fmt: str, html_path: str | None = None) -> 
 
 @click.command()
 @click.argument("run_id", type=int, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["table", "json", "csv"]),
     default="table",
     show_default=True,
-    help="Output format.",
+    help="Output format (--json is --format json).",
 )
 @click.option(
     "--html",
@@ -86,6 +87,6 @@ def print_report(run_id: int | None, fmt: str, html_path: str | None = None) -> 
     help="Also write a self-contained HTML page with charts.",
 )
 @handle_errors
-def report(run_id: int | None, fmt: str, html_path: str | None) -> None:
+def report(run_id: int | None, as_json: bool, fmt: str, html_path: str | None) -> None:
     """Report on RUN_ID (default: the latest run)."""
-    print_report(run_id, fmt, html_path)
+    print_report(run_id, "json" if as_json else fmt, html_path)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.common import ensure_schema, handle_errors
-from cli.options import economics_option, target_options, task_option
+from cli.options import economics_option, renamed_option, target_options, task_option
 from cli.progress import progress_bar
 from models.promotion import RetrainOptions, retrain_task
 from shiftdown.settings import get_settings
@@ -32,8 +32,10 @@ from shiftdown.settings import get_settings
     default=None,
     help="Where the new candidate goes (default: shiftdown-models/TASK/<time>).",
 )
-@click.option(
+@renamed_option(
+    "--data",
     "--heldout",
+    "heldout",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="Labelled data (text,label) both models are judged on (default: the candidate's "
@@ -45,7 +47,7 @@ from shiftdown.settings import get_settings
 @click.option(
     "--epochs", default=1.0, show_default=True, help="Passes over the candidate's training split."
 )
-@click.option("--valid-frac", default=0.1, show_default=True, help="Held out of training.")
+@click.option("--valid-frac", default=0.05, show_default=True, help="Held out of training.")
 @handle_errors
 def retrain(task_name: str | None, **options: Any) -> None:
     """Train a candidate on everything the frontier has taught, and promote it only if

@@ -49,7 +49,7 @@ def submit_source(src: SourceOptions) -> SubmitResult:
     preload_model(run_id)
     click.echo(f"run {run_id}", err=True)
     with open_source(src.source) as stream:
-        records = read_records(stream, src.fmt, src.source, src.text_field, src.id_field or None)
+        records = read_records(stream, src.fmt, src.source, src.text_column, src.id_column or None)
         if src.limit is not None:
             records = islice(records, src.limit)
         total = estimate_records(src.source, src.limit)
@@ -92,7 +92,7 @@ def follow_source(src: SourceOptions) -> SubmitResult:
     try:
         first = state.line_no + 1
         records = (
-            read_jsonl(follower, src.text_field, src.id_field or None, first)
+            read_jsonl(follower, src.text_column, src.id_column or None, first)
             if fmt == "jsonl"
             else read_text(follower, first)
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cli.common import ensure_schema, handle_errors, load_taxonomy, open_source
-from cli.options import task_option, taxonomy_option
+from cli.options import task_option, taxonomy_option, text_column_option
 from cli.progress import progress_bar
 from models.finetune_manifest import teacher_hash
 from models.registry import ensure_task, task_taxonomy
@@ -53,9 +53,7 @@ def import_command(
 
 @teach.command("label")
 @click.argument("source", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option(
-    "--text-field", default="text", show_default=True, help="JSON field or CSV column of the text."
-)
+@text_column_option()
 @click.option(
     "--sample", type=int, default=None, help="Label a seeded random sample of N documents."
 )
@@ -65,7 +63,7 @@ def import_command(
 @handle_errors
 def label_command(
     source: str,
-    text_field: str,
+    text_column: str,
     sample: int | None,
     seed: int,
     task_name: str | None,
@@ -77,7 +75,7 @@ def label_command(
     with open_source(source) as stream:
         texts = [
             r.text
-            for r in read_records(stream, "auto", source, text_field, None)
+            for r in read_records(stream, "auto", source, text_column, None)
             if isinstance(r, Record)
         ]
     with progress_bar("teacher labels", total=min(sample or len(texts), len(texts))) as advance:

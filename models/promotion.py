@@ -42,7 +42,7 @@ class RetrainOptions:
     per_label: bool = False
     frontier_accuracy: float = 1.0
     epochs: float = 1.0
-    valid_frac: float = 0.1
+    valid_frac: float = 0.05
 
 
 @dataclass(frozen=True)

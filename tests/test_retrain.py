@@ -47,7 +47,7 @@ def test_retrain_promotes_a_better_candidate_and_refuses_a_worse_one(
     invoke("tasks", "set", "tiny", "--taxonomy", str(tiny["taxonomy"]))
     invoke("models", "register", str(default_gguf_path()), "--task", "tiny")
     assert promoted() == 1
-    target = ["--task", "tiny", "--heldout", str(heldout), "--max-escalation", "0.2"]
+    target = ["--task", "tiny", "--data", str(heldout), "--max-escalation", "0.2"]
 
     better = invoke("retrain", "--candidate", str(tiny["dir"]), *target).stdout
     assert "promoted" in better and promoted() == 2, better
