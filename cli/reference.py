@@ -1,12 +1,21 @@
 """The docs' reference pages, generated: every setting from ``shiftdown.settings`` (its
 environment variable, default and description) and every command from the click tree
-(its usage, help and options), so that neither is copied by hand. The docs build calls
-these (``docs/hooks.py``); a test fails when a setting or command has no description."""
+(its usage, help and options), so that neither is copied by hand.
+
+The generated Markdown is committed between ``<!-- generated: NAME -->`` and
+``<!-- end generated -->`` in ``docs/commands.md`` and ``docs/settings.md``, so that the
+pages read on GitHub too (as simonw/llm keeps its docs with cog). After changing a
+setting or a command, ``python -m cli.reference`` rewrites them; a test fails while they
+are out of date, and another when a setting or command has no description. The docs
+build fills them afresh as well (``docs/hooks.py``)."""
 
 from __future__ import annotations
 
 import inspect
+import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -107,3 +116,39 @@ def undocumented(root: click.Command) -> list[str]:
 def reference_pages(root: Any) -> dict[str, str]:
     """The generated pages' Markdown by marker name (the docs hook fills them in)."""
     return {"settings": settings_markdown(), "commands": commands_markdown(root)}
+
+
+# A generated block: its start marker (naming the page part), the Markdown, its end.
+BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated -->)", re.DOTALL)
+PAGES = ("docs/commands.md", "docs/settings.md")
+
+
+def fill(markdown: str, pages: dict[str, str]) -> str:
+    """``markdown`` with every generated block's content replaced by ``pages``'s."""
+    return BLOCK.sub(
+        lambda m: f"{m.group(1)}\n{pages[m.group(2)].strip()}\n\n{m.group(4)}", markdown
+    )
+
+
+def main() -> None:
+    """Rewrite the reference pages in place (``--check``: only say which are stale)."""
+    from cli.main import cli
+
+    root = Path(__file__).resolve().parent.parent
+    pages = reference_pages(cli)
+    stale = []
+    for page in PAGES:
+        path = root / page
+        text = path.read_text(encoding="utf-8")
+        filled = fill(text, pages)
+        if filled != text:
+            stale.append(page)
+            if "--check" not in sys.argv:
+                path.write_text(filled, encoding="utf-8")
+    verb = "out of date" if "--check" in sys.argv else "rewritten"
+    print(f"{verb}: {', '.join(stale)}" if stale else "the reference pages are current")
+    sys.exit(1 if stale and "--check" in sys.argv else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,9 @@
 """MkDocs hook: fills the generated reference pages (settings, commands) from the code.
 
-A page holds a marker line ``<!-- generated: settings -->`` or ``<!-- generated: commands -->``;
-the build replaces it with ``cli.reference``'s Markdown, so the pages are never edited by
-hand and cannot fall out of step with the code.
+A page holds a block from ``<!-- generated: settings -->`` (or ``commands``) to
+``<!-- end generated -->``, committed as ``python -m cli.reference`` wrote it; the build
+fills it afresh from ``cli.reference``, so a built page is the code's even before that
+command is run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-MARKER = re.compile(r"^<!-- generated: (\w+) -->$", re.MULTILINE)
+
+MARKERS = re.compile(r"^<!-- (generated: \w+|end generated) -->\n", re.MULTILINE)
 
 
 def on_page_markdown(markdown: str, **_: Any) -> str:
@@ -23,7 +25,7 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
     if "<!-- generated:" not in markdown:
         return markdown
     from cli.main import cli
-    from cli.reference import reference_pages
+    from cli.reference import fill, reference_pages
 
-    pages = reference_pages(cli)
-    return MARKER.sub(lambda m: pages[m.group(1)], markdown)
+    # The markers are for `python -m cli.reference`, not for the reader.
+    return MARKERS.sub("", fill(markdown, reference_pages(cli)))
