@@ -46,9 +46,10 @@ $(VENV)/.train: $(BIN)/shiftdown
 
 install-train: $(VENV)/.train
 
+# Into the default store (shiftdown.db), so that `shiftdown report`, `status` and
+# `escalate` afterwards find the demo's run; a second demo adds a second run.
 demo: install
-	rm -f demo.db demo.db-wal demo.db-shm
-	SHIFTDOWN_DATABASE_URL=sqlite:///demo.db $(BIN)/shiftdown run demo/banking77/sample500.csv \
+	SHIFTDOWN_DATABASE_URL=sqlite:///shiftdown.db $(BIN)/shiftdown run demo/banking77/sample500.csv \
 		--taxonomy demo/banking77/categories.json --task banking77 --model demo/banking77-lora
 
 test: install-train
@@ -64,4 +65,4 @@ docs: install-train
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) *.egg-info demo.db*
+	rm -rf $(VENV) *.egg-info

@@ -89,6 +89,17 @@ def test_every_setting_command_and_option_has_a_description() -> None:
     assert "## `shiftdown policy set`" in reference and "`--none-recall FLOAT RANGE`" in reference
 
 
+def test_the_committed_reference_pages_are_current() -> None:
+    # Read on GitHub as committed: `python -m cli.reference` rewrites them.
+    from cli.reference import PAGES, fill, reference_pages
+
+    pages = reference_pages(cli)
+    for page in PAGES:
+        text = (ROOT / page).read_text(encoding="utf-8")
+        assert "<!-- end generated -->" in text, page
+        assert fill(text, pages) == text, f"{page} is out of date: run python -m cli.reference"
+
+
 def test_a_missing_description_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
     import click
 
@@ -130,6 +141,18 @@ def test_the_marked_examples_are_found_and_cover_the_quick_start(tmp_path: Path)
     page = tmp_path / "page.md"
     page.write_text("<!-- runnable: skip no GPU here -->\n```bash\nnvidia-smi\n```\n")
     assert examples([page]) == [Example(str(page), 1, "bash", "nvidia-smi\n", "no GPU here")]
+
+
+def test_every_command_block_a_newcomer_reads_first_is_run_or_says_why_not() -> None:
+    # README and Getting started: a bash block is marked runnable, or skipped with the
+    # reason, never left untested by omission.
+    fence = re.compile(r"^(?P<mark><!-- runnable[^\n]*-->\n)?```bash\n", re.MULTILINE)
+    for page in (ROOT / "README.md", ROOT / "docs" / "getting-started.md"):
+        content = page.read_text(encoding="utf-8")
+        unmarked = [
+            content.count("\n", 0, m.start()) + 1 for m in fence.finditer(content) if not m["mark"]
+        ]
+        assert unmarked == [], f"{page.name}: bash blocks without a runnable marker at {unmarked}"
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +202,34 @@ def test_the_example_runs(example: Example, scratch: dict[str, object]) -> None:
         labelled = conn.execute(text("SELECT count(*) FROM document_labels")).scalar()
     engine.dispose()
     assert statements and labelled
+
+
+@pytest.mark.slow
+def test_the_demo_recipe_runs_and_what_the_docs_say_next_finds_it(
+    scratch: dict[str, object],
+) -> None:
+    # `make demo`'s own command (from the Makefile, its venv for $(BIN)), then the bare
+    # `shiftdown report` the docs suggest next: both on the default store.
+    recipe = (ROOT / "Makefile").read_text(encoding="utf-8").split("\ndemo: install\n")[1]
+    command = " ".join(
+        line.strip().rstrip("\\")
+        for line in recipe.split("\n\n")[0].splitlines()
+        if line.startswith("\t") or line.startswith("  ")
+    ).replace("$(BIN)/", f"{Path(sys.executable).parent}/")
+    folder = scratch["folder"]
+    assert isinstance(folder, Path)
+    work = folder / "demo-run"
+    work.mkdir()
+    (work / "demo").symlink_to(ROOT / "demo")
+    env = {k: v for k, v in scratch["env"].items() if k != "SHIFTDOWN_DATABASE_URL"}  # type: ignore[attr-defined]
+    ran = subprocess.run(
+        ["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    report = subprocess.run(
+        ["shiftdown", "report", "--json"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    import json
+
+    assert json.loads(report.stdout)["documents"] == 500
