@@ -5,9 +5,10 @@ With no frontier configured, escalated documents are parked as ``awaiting_fronti
 ``shiftdown escalate`` sends them once one is. So are documents the frontier could not be
 reached for (an outage, rate limits past the retries, or the circuit breaker open,
 ``workers.frontier_breaker``): they wait instead of failing, and each worker's recovery
-pass (``workers.frontier_recovery``) sends them again once the frontier answers. Only
-an answer the frontier refuses for the request itself (a 4xx other than 408/409/429)
-ends a document ``frontier_failed``.
+pass (``workers.frontier_recovery``) sends them again once the frontier answers. Only a
+request the frontier refuses (a 4xx other than 408/409/429), or answers that stay
+malformed or outside the taxonomy through every retry, end a document
+``frontier_failed``.
 """
 
 from __future__ import annotations
@@ -435,8 +436,10 @@ def process_document(
         breaker.failed(result.error)
     else:
         breaker.succeeded()
-    # While the breaker is open a retry would only park the document: it waits now.
-    final = result.status != RETRYABLE or not retries_left or breaker.state == "open"
+    # While the breaker is open a retry of an outage would only park the document: it
+    # waits now. (A malformed answer keeps its retries: the frontier did answer.)
+    parked = result.unavailable and breaker.state == "open"
+    final = result.status != RETRYABLE or not retries_left or parked
     attempt = _record_paid(document_id, run_id, result, final, audit)
     if result.status != OK:
         log.warning("frontier attempt %d for document %d: %s", attempt, document_id, result.error)
