@@ -9,15 +9,13 @@ from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
 from shiftdown.schema import DocState, Document
 from shiftdown.settings import get_settings
-from workers.app import TASK_FRONTIER, dispatch
-from workers.store import move_documents
+from workers.frontier_recovery import resend
 
 
 def escalate_pending(run_id: int | None = None, failed: bool = True) -> int:
     """Enqueue every parked document (of one run, or all), and with ``failed`` every one
     that ended ``frontier_failed``; returns how many."""
-    s = get_settings()
-    if not s.frontier_configured:
+    if not get_settings().frontier_configured:
         raise ConfigError("no frontier configured: set OPENAI_API_KEY and/or OPENAI_BASE_URL")
     states = [DocState.AWAITING_FRONTIER] + ([DocState.FRONTIER_FAILED] if failed else [])
     with session_scope() as session:
@@ -25,7 +23,6 @@ def escalate_pending(run_id: int | None = None, failed: bool = True) -> int:
         if run_id is not None:
             query = query.where(Document.run_id == run_id)
         ids = list(session.scalars(query.order_by(Document.id)))
-        move_documents(session, ids, states, state=DocState.ESCALATED, error=None)
-    for doc_id in ids:
-        dispatch(TASK_FRONTIER, [doc_id], queue=s.frontier_queue)
-    return len(ids)
+    # Only those still parked or failed when they are moved are sent: a recovery pass
+    # may have sent some in between.
+    return resend(ids, states)

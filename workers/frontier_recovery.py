@@ -13,11 +13,12 @@ call where a worker's breaker lets its probe through.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from sqlalchemy import select, update
 
 from shiftdown.db import session_scope
-from shiftdown.schema import DocState, Document, utcnow
+from shiftdown.schema import DocState, Document
 from shiftdown.settings import get_settings
 from workers.app import TASK_FRONTIER, dispatch
 from workers.frontier_breaker import UNAVAILABLE
@@ -47,17 +48,18 @@ def parked_by_outage(limit: int) -> list[int]:
         return list(session.scalars(query))
 
 
-def resend(ids: list[int]) -> int:
-    """Move the documents of ``ids`` still parked back to escalated and send each a
-    frontier task (another worker's pass may have taken some); returns how many."""
+def resend(ids: list[int], from_states: Sequence[str] = (DocState.AWAITING_FRONTIER,)) -> int:
+    """Move the documents of ``ids`` still in one of ``from_states`` back to escalated
+    and send each a frontier task (another worker's pass, or an operator's
+    ``shiftdown escalate``, may have taken some); returns how many."""
     if not ids:
         return 0
     with session_scope() as session:
         moved = list(
             session.scalars(
                 update(Document)
-                .where(Document.id.in_(ids), Document.state == DocState.AWAITING_FRONTIER)
-                .values(state=DocState.ESCALATED, error=None, updated_at=utcnow())
+                .where(Document.id.in_(ids), Document.state.in_(list(from_states)))
+                .values(state=DocState.ESCALATED, error=None)
                 .returning(Document.id)
                 .execution_options(synchronize_session=False)
             )
