@@ -130,6 +130,12 @@ def _record(document_id: int, run_id: int, result: FrontierResult, final: bool, 
     return attempt
 
 
+def park(session: Session, document_id: int, reason: str | None) -> None:
+    """The document waits for the frontier (``awaiting_frontier``), with why: none
+    configured (no reason), a budget cap, or the frontier unavailable."""
+    move_documents(session, [document_id], WAITING, state=DocState.AWAITING_FRONTIER, error=reason)
+
+
 def attempts_made(session: Session, document_id: int) -> int:
     """Frontier calls recorded for the document so far."""
     return int(
@@ -193,13 +199,7 @@ def record_outcome(
             results_stream.owe(session, [(document_id, run_id)])
     elif final and not audit and result.unavailable:
         # An outage is not the document's fault: it waits for the frontier to come back.
-        move_documents(
-            session,
-            [document_id],
-            WAITING,
-            state=DocState.AWAITING_FRONTIER,
-            error=f"{UNAVAILABLE}: {result.error}"[:500],
-        )
+        park(session, document_id, f"{UNAVAILABLE}: {result.error}"[:500])
     elif (
         final
         and not audit
@@ -397,21 +397,13 @@ def process_document(
         capped = over_budget(session, doc.run_id)
         if not s.frontier_configured or capped:
             if not audit:
-                move_documents(
-                    session, [document_id], WAITING, state=DocState.AWAITING_FRONTIER, error=capped
-                )
+                park(session, document_id, capped)
             return None
         breaker = get_breaker()
         if not breaker.allow():
             # The frontier is down: no call, the document waits (an audit is skipped).
             if not audit:
-                move_documents(
-                    session,
-                    [document_id],
-                    WAITING,
-                    state=DocState.AWAITING_FRONTIER,
-                    error=breaker.reason(),
-                )
+                park(session, document_id, breaker.reason())
             return None
         if not take_lease(session, document_id, audit):
             breaker.released()
