@@ -147,8 +147,23 @@ class RedisServer(_Server):
         args += ["--appendonly", "yes" if self.appendonly else "no"]
         args += ["--appendfsync", "always", "--logfile", str(self.folder / "redis.log")]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
-        _wait(lambda: _listening(self.port), "redis-server", self.process)
+        _wait(self._serving, "redis-server", self.process)
         return self
+
+    def _serving(self) -> bool:
+        # Listening is not serving: while it replays its append-only file Redis accepts
+        # connections and answers every command with LOADING.
+        import redis
+
+        if not _listening(self.port):
+            return False
+        client = redis.Redis(port=self.port, socket_timeout=2)
+        try:
+            return bool(client.ping())
+        except redis.exceptions.ConnectionError:  # BusyLoadingError among them
+            return False
+        finally:
+            client.close()
 
 
 def _reachable_by_all(path: Path) -> bool:

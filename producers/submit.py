@@ -195,6 +195,8 @@ def _store_chunk(run_id: int, chunk: list[Record | Rejected], redelivered_ok: bo
                 bad.append(Rejected(r.line_no, error, ""))
             else:
                 ids.append(doc_id)
+        if bad and redelivered_ok:
+            bad = _not_yet_recorded(session, run_id, bad)
         if bad:
             session.execute(
                 insert(InputError),
@@ -204,6 +206,20 @@ def _store_chunk(run_id: int, chunk: list[Record | Rejected], redelivered_ok: bo
                 ],
             )
     return _Stored(ids, len(bad), n_dups, chunk[-1].line_no)
+
+
+def _not_yet_recorded(session: Session, run_id: int, bad: list[Rejected]) -> list[Rejected]:
+    """The rejects not already in ``input_errors``: an entry delivered again after its
+    reject was committed, before its ack, must not count twice. A stream's reject names
+    its entry's id in the error, so the error text identifies it."""
+    seen = set(
+        session.scalars(
+            select(InputError.error).where(
+                InputError.run_id == run_id, InputError.error.in_({r.error for r in bad})
+            )
+        )
+    )
+    return [r for r in bad if r.error not in seen]
 
 
 def _stored_chunks(

@@ -21,10 +21,10 @@ from sqlalchemy.exc import DBAPIError
 
 from bench.tcp_proxy import TcpProxy
 from cli.main import cli
-from producers.readers import Record
+from producers.readers import Record, Rejected
 from producers.submit import CHUNK, create_run, submit_records
 from shiftdown.db import session_scope
-from shiftdown.schema import Document
+from shiftdown.schema import Document, InputError
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import Taxonomy
 from workers.app import queue_depth
@@ -100,6 +100,33 @@ def test_every_document_is_sent_once(
     stored = _stored(run_id)
     assert [doc_id for task in sent for doc_id in task] == stored
     assert len(stored) == n
+
+
+def test_a_stream_delivering_again_stores_each_document_and_each_reject_once(
+    use_settings: Callable[..., None], pg_url: str, redis_url: str, banking_taxonomy: Path
+) -> None:
+    # A consumer killed after its chunk's commit, before its ack: the next one reads the
+    # same entries, good and bad, again.
+    use_settings(SHIFTDOWN_DATABASE_URL=pg_url, SHIFTDOWN_BROKER_URL=redis_url)
+    run_id, queue = _new_run(banking_taxonomy)
+    chunk = [
+        Record(1, "1-0", "my card has not arrived"),
+        Rejected(2, "entry 2-0: text is empty", ""),
+        Record(3, "3-0", "how do I top up"),
+        Rejected(4, "entry 4-0: meta is not a JSON object", ""),
+    ]
+    first = submit_records(run_id, iter(chunk), queue, close=False, redelivered_ok=True)
+    again = submit_records(run_id, iter(chunk[1:]), queue, close=False, redelivered_ok=True)
+
+    assert (first.submitted, first.rejected) == (2, 2)
+    assert (again.submitted, again.rejected, again.duplicates) == (0, 0, 1)
+    with session_scope() as session:
+        errors = session.scalars(select(InputError.error).where(InputError.run_id == run_id))
+        assert sorted(errors) == [
+            "entry 2-0: text is empty",
+            "entry 4-0: meta is not a JSON object",
+        ]
+    assert len(_stored(run_id)) == 2
 
 
 def test_a_broker_blip_mid_chunk_costs_no_task(
