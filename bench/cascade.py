@@ -57,6 +57,7 @@ import numpy.typing as npt
 from pydantic import SecretStr
 
 from bench.batch_api import BatchApi
+from bench.queries import TEST_CSV
 from bench.scripted_server import ScriptedServer
 from bench.stack import ROOT
 from models.calibration import fit_temperature
@@ -551,7 +552,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=str(ROOT / "demo" / "banking77-lora"))
-    parser.add_argument("--data", default="/work/shared/data/banking77/test.csv")
+    parser.add_argument("--data", default=str(TEST_CSV))
     parser.add_argument("--heldout", default=None, help="default: the model's held-out split")
     parser.add_argument("--taxonomy", default=str(ROOT / "demo" / "banking77" / "categories.json"))
     parser.add_argument("--text-column", default="text")

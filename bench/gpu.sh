@@ -56,7 +56,6 @@ mkdir -p "$STASH/whl"
 cp "$KIT"/model.gguf.* "$STASH/" 2>/dev/null
 cp "$KIT"/llama-cpp-python-*.tar.gz "$STASH/" 2>/dev/null
 cp "$KIT"/whl/*.whl "$STASH/whl/" 2>/dev/null
-cp "$KIT"/train.csv "$STASH/" 2>/dev/null
 site="$STASH/site"
 
 start_build() {
@@ -199,11 +198,11 @@ if [ -n "$bench_bin" ]; then
 else
   log "no llama-batched-bench in $STASH/build (a rehearsal, or the build kept no folder)"
 fi
-if [ -f "$STASH/train.csv" ] && "$PY" -c "import torch, peft, transformers" 2>/dev/null &&
+if "$PY" -c "import torch, peft, transformers" 2>/dev/null &&
   { [ "$REHEARSAL" = 0 ] || [ "${GPU_FINETUNE:-0}" = 1 ]; }; then
   log "shiftdown finetune, the demo recipe (one epoch), timed"
   start=$(date +%s)
-  timeout 300 "$PY" -m cli finetune --data "$STASH/train.csv" \
+  timeout 300 "$PY" -m cli finetune --data demo/banking77/train.csv \
     --taxonomy demo/banking77/categories.json --label-column category \
     --out "$STASH/finetuned" --epochs 1 --familiarity off >"$OUT/finetune.log" 2>&1
   log "finetune: exit $?, $(($(date +%s) - start)) s wall"

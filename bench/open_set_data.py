@@ -31,7 +31,7 @@ from pathlib import Path
 from shiftdown.taxonomy import NONE_LABEL
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "banking77"
+DATA = ROOT / "demo" / "banking77"
 
 
 def split_labels(labels: list[str], known_frac: float, seed: int) -> tuple[list[str], list[str]]:
