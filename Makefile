@@ -60,8 +60,9 @@ lint: install-train
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The docs site (MkDocs + Material) into build/site; strict: a broken link or reference fails.
-docs: install-train
+# The docs site (MkDocs + Material, from the dev extra: no torch) into build/site; strict:
+# a broken link or reference fails.
+docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
