@@ -7,8 +7,9 @@ Detectors (higher: more likely unknown):
 - ``max_softmax``: one minus the top known label's probability;
 - ``none_answer``: the SLM's plain answer is none (a yes/no detector);
 - ``knn``, ``mahalanobis``: the distances of ``models.familiarity`` in the final hidden
-  state, fitted on the training split, thresholded on the held-out split for a 5 %
-  false-flag rate;
+  states (the answer position and the one before it, as served), fitted on the training
+  split, thresholded on the held-out split for a 5 % false-flag rate;
+- ``knn_answer_only``: kNN in the answer position's state alone (what was served before);
 - ``X+none``: X's flag or the none answer.
 
 Used by ``bench.open_set``; the figures are documented in docs/open-set.md.
@@ -24,7 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from models.calibration import softmax_rows
-from models.familiarity import DEFAULT_FALSE_FLAG_RATE, METHODS, fit
+from models.familiarity import DEFAULT_FALSE_FLAG_RATE, METHODS, Method, fit
+from models.hidden_state import STATE_POSITIONS
 
 Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
@@ -80,8 +82,10 @@ def detector_lines(
     states: dict[str, npt.NDArray[np.float32]],
     train_labels: Sequence[str],
     rate: float = DEFAULT_FALSE_FLAG_RATE,
+    positions: int = STATE_POSITIONS,
 ) -> tuple[list[Line], dict[str, Any]]:
-    """Every detector's line on the test split, and what was fitted (thresholds)."""
+    """Every detector's line on the test split, and what was fitted (thresholds).
+    ``states`` rows hold ``positions`` states side by side, the answer position's last."""
     none = labels.index(none_label)
     known = [i for i in range(len(labels)) if i != none]
     lines: list[Line] = []
@@ -97,12 +101,17 @@ def detector_lines(
     fitted["max_softmax"] = {"threshold": cut}
     answered_none = test_logits.argmax(axis=1) == none
     lines.append(Line("none_answer", answered_none.astype(np.float64), answered_none))
-    for method in METHODS:
-        score = fit(method, states["train"], train_labels, states["heldout"], rate)
-        values, flags = score.unfamiliar(states["test"])
-        lines.append(Line(method, values, flags))
+    width = states["train"].shape[1] // positions
+    answer_only = {part: rows[:, -width:] for part, rows in states.items()}
+    fits: list[tuple[str, Method, dict[str, npt.NDArray[np.float32]], int]]
+    fits = [(m, m, states, positions) for m in METHODS]
+    fits.append(("knn_answer_only", "knn", answer_only, 1))
+    for name, method, rows, n_pos in fits:
+        score = fit(method, rows["train"], train_labels, rows["heldout"], rate, positions=n_pos)
+        values, flags = score.unfamiliar(rows["test"])
+        lines.append(Line(name, values, flags))
         # The union ranks by the distance, with the none answers first.
         union = np.where(answered_none, np.inf, values)
-        lines.append(Line(f"{method}+none", union, flags | answered_none))
-        fitted[method] = {"threshold": score.threshold, "calibrated_on": score.calibrated_on}
+        lines.append(Line(f"{name}+none", union, flags | answered_none))
+        fitted[name] = {"threshold": score.threshold, "calibrated_on": score.calibrated_on}
     return lines, fitted

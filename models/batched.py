@@ -20,7 +20,8 @@ operations, not Python per token or per document:
   of all of it, which grows with the square of the tokens per decode.
 
 A decode may also copy out other columns of the same logits (``extra``): the rows the
-final hidden state is read back from (``models.hidden_state``).
+final hidden state is read back from (``models.hidden_state``), at the last ``tail``
+positions of each document (the answer position and the one before it).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from models.hidden_state import STATE_POSITIONS
 from shiftdown.errors import ConfigError, ModelError
 
 # llama.cpp's compile-time limit on sequences in one context (LLAMA_MAX_SEQ); sequence 0
@@ -92,8 +94,9 @@ class BatchedDecoder:
         params.n_seq_max = parallel + 1
         params.n_batch = params.n_ubatch = budget
         self._lay_out(params)
-        # llama.cpp wants room for at least one output per sequence.
-        params.n_outputs_max = parallel + 1
+        # llama.cpp wants room for at least one output per sequence; a decode that reads
+        # hidden states asks for the last STATE_POSITIONS of each document.
+        params.n_outputs_max = STATE_POSITIONS * parallel + 1
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if flash_attn
@@ -189,34 +192,40 @@ class BatchedDecoder:
         docs: Sequence[npt.NDArray[np.int32]],
         columns: npt.NDArray[np.intp],
         extra: npt.NDArray[np.intp] | None = None,
+        tail: int = 1,
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32] | None]:
         """Each document's next-token logits at ``columns`` after its last token, one row
-        per document, and with ``extra`` those columns too (else None). ``docs`` are
+        per document, and with ``extra`` those columns at each of its last ``tail``
+        positions too (``tail`` rows per document, in order; else None). ``docs`` are
         whole token sequences (document and answer cue): at most ``parallel`` of them and
         ``budget`` tokens in all."""
         import llama_cpp
 
         n = len(docs)
-        self._pack(docs)
+        tail = tail if extra is not None else 1
+        if not 1 <= tail <= STATE_POSITIONS:
+            raise ModelError(f"a decode reads 1..{STATE_POSITIONS} positions, not {tail}")
+        self._pack(docs, tail)
         try:
             self._decode()
             # Rows in batch order: llama.cpp puts reordered outputs back before this.
             rows = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits(self._ctx.ctx), shape=(n, self.n_vocab)
+                llama_cpp.llama_get_logits(self._ctx.ctx), shape=(n * tail, self.n_vocab)
             )
             more = None if extra is None else rows[:, extra]
-            return rows[:, columns].astype(np.float64), more
+            return rows[tail - 1 :: tail, columns].astype(np.float64), more
         finally:
             # Every cell past the prefix, whatever its sequence, in one pass.
             llama_cpp.llama_memory_seq_rm(self._memory, -1, self.prefix_len, -1)
 
-    def _pack(self, docs: Sequence[npt.NDArray[np.int32]]) -> None:
-        """Load ``docs`` into the batch, one after another, each its own sequence."""
+    def _pack(self, docs: Sequence[npt.NDArray[np.int32]], tail: int = 1) -> None:
+        """Load ``docs`` into the batch, one after another, each its own sequence, with
+        outputs at each one's last ``tail`` tokens."""
         n = len(docs)
         lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=n)
         ends = np.cumsum(lengths)
         total = int(ends[-1]) if n else 0
-        if not 0 < n <= self.parallel or total > self.budget or lengths.min() == 0:
+        if not 0 < n <= self.parallel or total > self.budget or lengths.min() < tail:
             raise ModelError(
                 f"a decode takes 1..{self.parallel} non-empty documents of at most "
                 f"{self.budget} tokens in all, not {n} of {total}"
@@ -226,5 +235,11 @@ class BatchedDecoder:
             np.concatenate(docs),
             self.prefix_len + np.arange(total) - starts,
             np.repeat(np.arange(1, n + 1, dtype=np.int32), lengths),
-            ends - 1,
+            last_positions(ends - 1, tail),
         )
+
+
+def last_positions(last: npt.NDArray[np.int64], tail: int) -> npt.NDArray[np.int64]:
+    """Batch indices of each document's last ``tail`` tokens, in order, given each one's
+    last token's index."""
+    return (last[:, None] + np.arange(1 - tail, 1)).ravel()

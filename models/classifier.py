@@ -30,7 +30,7 @@ from models.coding import (
 )
 from models.familiarity import Familiarity
 from models.finetune_manifest import file_sha256
-from models.hidden_state import OutputInverse
+from models.hidden_state import STATE_POSITIONS, OutputInverse
 from models.served import served_files
 from models.streams import StreamDecoder
 from shiftdown.errors import ModelError
@@ -118,7 +118,8 @@ class Classification:
     latency_ms: float
     prompt_tokens: int
     truncated: bool
-    # The final hidden state at the answer position, where it was computed.
+    # The final hidden states at the last ``state_positions`` positions (the answer
+    # position last), side by side, where they were computed.
     hidden: npt.NDArray[np.float32] | None = None
     # The unfamiliarity score and whether it passed the model's threshold (None and
     # False: the model has no familiarity file).
@@ -234,8 +235,8 @@ class Classifier:
 
     @property
     def hidden_states(self) -> bool:
-        """Whether each result carries its final hidden state (``models.hidden_state``):
-        on where the familiarity score needs it, or where a caller turns it on."""
+        """Whether each result carries its final hidden states (``models.hidden_state``):
+        on where the familiarity score needs them, or where a caller turns them on."""
         return self._inverse is not None
 
     @hidden_states.setter
@@ -244,6 +245,12 @@ class Classifier:
             self._inverse = OutputInverse(self.served_path, self._n_vocab)
         elif not on:
             self._inverse = None
+
+    @property
+    def state_positions(self) -> int:
+        """How many positions' states a result's ``hidden`` holds: what the familiarity
+        score was fitted on, else ``STATE_POSITIONS`` (what a new fit reads)."""
+        return self.familiarity.positions if self.familiarity is not None else STATE_POSITIONS
 
     @property
     def prefix_tokens(self) -> int:
@@ -288,9 +295,14 @@ class Classifier:
         start = time.perf_counter()
         inverse = self._inverse
         logits, rows = batched.decode(
-            [p.tokens for p in group], self._code_index, inverse.rows if inverse else None
+            [p.tokens for p in group],
+            self._code_index,
+            inverse.rows if inverse else None,
+            self.state_positions,
         )
-        states = inverse.states(rows) if inverse is not None and rows is not None else None
+        states = None
+        if inverse is not None and rows is not None:
+            states = inverse.states(rows).reshape(len(group), -1)
         share = (time.perf_counter() - start) * 1000.0 / len(group)
         return self._results(logits, group, share, states)
 
@@ -339,13 +351,38 @@ class Classifier:
         start = time.perf_counter()
         # Rewind to the end of the cached prefix; eval() drops the KV cells past it.
         self._llm.n_tokens = len(self._prefix)
-        self._llm.eval(item.tokens.tolist())
-        row = np.ctypeslib.as_array(llama_get_logits_ith(self._llm.ctx, -1), shape=(self._n_vocab,))
-        logits = row[self._code_index].astype(np.float64)[None, :]
         inverse = self._inverse
-        states = inverse.states(row[None, inverse.rows]) if inverse is not None else None
+        tail = self.state_positions if inverse is not None else 1
+        if tail == 1:
+            self._llm.eval(item.tokens.tolist())
+        else:
+            self._eval_with_outputs(item.tokens.tolist(), tail)
+        ctx, width = self._llm.ctx, (self._n_vocab,)
+        outputs = [llama_get_logits_ith(ctx, i) for i in range(-tail, 0)]
+        rows = np.stack([np.ctypeslib.as_array(o, shape=width) for o in outputs])
+        logits = rows[-1, self._code_index].astype(np.float64)[None, :]
+        states = None
+        if inverse is not None:
+            states = inverse.states(rows[:, inverse.rows]).reshape(1, -1)
         latency = (time.perf_counter() - start) * 1000.0
         return self._results(logits, [item], latency, states)[0]
+
+    def _eval_with_outputs(self, tokens: list[int], tail: int) -> None:
+        """``Llama.eval`` with outputs at the last ``tail`` tokens, not only the last, in
+        the same decode: a second decode for the token before would read every weight
+        again. Chunks are cut from the end, so that the last holds every output."""
+        llm = self._llm
+        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+        n, step = len(tokens), llm.n_batch
+        for end in range(n - (n - 1) // step * step, n + 1, step):
+            chunk = tokens[max(0, end - step) : end]
+            llm._batch.set_batch(batch=chunk, n_past=llm.n_tokens, logits_all=False)
+            if end == n:
+                for i in range(max(0, len(chunk) - tail), len(chunk)):
+                    llm._batch.batch.logits[i] = True
+            llm._ctx.decode(llm._batch)
+            llm.input_ids[llm.n_tokens : llm.n_tokens + len(chunk)] = chunk
+            llm.n_tokens += len(chunk)
 
     def classify(self, text: str) -> Classification:
         """The distribution over every label for one document."""

@@ -1,6 +1,6 @@
 """How unlike the training set a document is: a distance in the model's own final hidden
-state (after the last norm, at the position the label codes are read), from the forward
-pass that classifies it.
+states (after the last norm, at the position the label codes are read and the one before
+it), from the forward pass that classifies it.
 
 A fine-tuned classifier is sure and wrong on a topic nobody taught it: the softmax over
 its labels says nothing about whether the document resembles anything it was trained
@@ -44,11 +44,17 @@ DEFAULT_FALSE_FLAG_RATE = 0.05
 MAX_BANK = 20_000
 
 
-def normalised(states: npt.ArrayLike) -> npt.NDArray[np.float32]:
-    """Rows scaled to unit length (float32)."""
+def normalised(states: npt.ArrayLike, positions: int = 1) -> npt.NDArray[np.float32]:
+    """Rows scaled to unit length (float32). A row of ``positions`` states side by side
+    has each scaled to unit length first, so that its cosine with another row is the
+    mean of the positions' cosines: no position outweighs another by its norm."""
     x = np.asarray(states, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    result: npt.NDArray[np.float32] = x / np.maximum(norm, 1e-12)
+    n, width = x.shape
+    if width % positions:
+        raise ModelError(f"rows of {width} values do not hold {positions} states side by side")
+    blocks = x.reshape(n, positions, width // positions)
+    blocks = blocks / np.maximum(np.linalg.norm(blocks, axis=2, keepdims=True), 1e-12)
+    result: npt.NDArray[np.float32] = blocks.reshape(n, width) / np.float32(np.sqrt(positions))
     return result
 
 
@@ -72,6 +78,9 @@ class Familiarity:
 
     method: Method
     threshold: float
+    # How many positions' states a row holds, the answer position last (a file fitted
+    # before there were two holds one).
+    positions: int = 1
     # knn: the bank of normalised training states and which neighbour counts.
     bank: npt.NDArray[np.float32] | None = None
     k: int = 1
@@ -85,19 +94,20 @@ class Familiarity:
 
     @property
     def dim(self) -> int:
-        """The hidden state's width this score was fitted on."""
+        """The width of the rows this score was fitted on (every position's state)."""
         source = self.bank if self.method == "knn" else self.whitening
         assert source is not None
         return int(source.shape[1] if self.method == "knn" else source.shape[0])
 
     def scores(self, states: npt.ArrayLike) -> Floats:
         """Each state's unfamiliarity: higher, less like the training set."""
-        z = normalised(states)
-        if z.shape[1] != self.dim:
+        z = np.asarray(states, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.dim:
             raise ModelError(
                 f"the familiarity file was fitted on states of width {self.dim}, "
-                f"this model gives {z.shape[1]}: fit it again for this model"
+                f"this model gives {z.shape[-1]}: fit it again for this model"
             )
+        z = normalised(z, self.positions)
         if self.method == "knn":
             assert self.bank is not None
             sims = z @ self.bank.T
@@ -120,6 +130,7 @@ class Familiarity:
         arrays = {
             "method": np.asarray(self.method),
             "threshold": np.asarray(self.threshold),
+            "positions": np.asarray(self.positions),
             "k": np.asarray(self.k),
             "false_flag_rate": np.asarray(self.false_flag_rate),
             "calibrated_on": np.asarray(self.calibrated_on),
@@ -146,6 +157,7 @@ class Familiarity:
                 return cls(
                     method=method,
                     threshold=float(data["threshold"]),
+                    positions=int(data["positions"]) if "positions" in data else 1,
                     bank=data["bank"].astype(np.float32) if "bank" in data else None,
                     k=int(data["k"]),
                     whitening=data.get("whitening", None),
@@ -166,11 +178,15 @@ def _sampled(n: int, limit: int, seed: int) -> npt.NDArray[np.intp]:
 
 
 def _unfitted(
-    method: Method, states: npt.NDArray[np.float32], labels: Sequence[str], k: int
+    method: Method,
+    states: npt.NDArray[np.float32],
+    labels: Sequence[str],
+    k: int,
+    positions: int = 1,
 ) -> Familiarity:
-    """The score over these training states, its threshold not yet set."""
+    """The score over these (normalised) training states, its threshold not yet set."""
     if method == "knn":
-        return Familiarity("knn", np.inf, bank=states, k=k)
+        return Familiarity("knn", np.inf, positions, bank=states, k=k)
     groups = sorted(set(labels))
     index = np.asarray([groups.index(g) for g in labels])
     x = states.astype(np.float64)
@@ -182,6 +198,7 @@ def _unfitted(
     return Familiarity(
         "mahalanobis",
         np.inf,
+        positions,
         whitening=whitening.astype(np.float32),
         means=(means @ whitening).astype(np.float32),
     )
@@ -194,6 +211,7 @@ def crossfit_scores(
     k: int = 1,
     folds: int = 5,
     seed: int = 0,
+    positions: int = 1,
 ) -> Floats:
     """Each training state's score under a score fitted without its fold."""
     fold = np.random.default_rng(seed).permutation(len(states)) % folds
@@ -201,7 +219,7 @@ def crossfit_scores(
     lab = np.asarray(labels)
     for f in range(folds):
         inside = fold != f
-        score = _unfitted(method, states[inside], list(lab[inside]), k)
+        score = _unfitted(method, states[inside], list(lab[inside]), k, positions)
         out[~inside] = score.scores(states[~inside])
     return out
 
@@ -214,13 +232,15 @@ def fit(
     false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE,
     k: int = 1,
     seed: int = 0,
+    positions: int = 1,
 ) -> Familiarity:
     """Fit the score on the training states and its threshold for ``false_flag_rate``
     on known documents the bank does not hold: ``heldout_states`` when given (at least
-    20 of them), else the training states scored out of fold."""
+    20 of them), else the training states scored out of fold. Each row holds the states
+    of ``positions`` positions side by side (``Classifier.state_positions``)."""
     if not 0 < false_flag_rate < 1:
         raise ModelError(f"the false-flag rate must be between 0 and 1, not {false_flag_rate}")
-    states = normalised(train_states)
+    states = normalised(train_states, positions)
     # kNN needs a bank to be near; Mahalanobis a mean per label and a covariance.
     least = 20 if method == "knn" else max(20, 2 * len(set(train_labels)))
     if len(states) < least:
@@ -231,16 +251,18 @@ def fit(
     if method == "knn":
         keep = _sampled(len(states), MAX_BANK, seed)
         states, train_labels = states[keep], [train_labels[i] for i in keep]
-    held = None if heldout_states is None else normalised(heldout_states)
-    score = _unfitted(method, states, train_labels, k)
+    held = None if heldout_states is None else np.asarray(heldout_states, dtype=np.float32)
+    score = _unfitted(method, states, train_labels, k, positions)
     if held is not None and len(held) >= 20:
         calib, how = score.scores(held), "heldout"
     else:
-        calib, how = crossfit_scores(method, states, train_labels, k, seed=seed), "crossfit"
+        calib = crossfit_scores(method, states, train_labels, k, seed=seed, positions=positions)
+        how = "crossfit"
     threshold = float(np.quantile(calib, 1.0 - false_flag_rate, method="higher"))
     return Familiarity(
         method=method,
         threshold=threshold,
+        positions=positions,
         bank=score.bank,
         k=k,
         whitening=score.whitening,

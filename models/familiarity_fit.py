@@ -42,7 +42,8 @@ def fit_runtime_options() -> RuntimeOptions:
 def hidden_states(
     clf: Classifier, texts: Sequence[str], on_progress: Callable[[int], None] | None = None
 ) -> npt.NDArray[np.float32]:
-    """The final hidden state at the answer position of each text (documents x width)."""
+    """The final hidden states of each text at ``clf.state_positions`` positions, side by
+    side (documents x positions * width)."""
     clf.hidden_states = True
     rows: list[npt.NDArray[np.float32]] = []
     step = max(1, clf.options.parallel) * 4
@@ -89,6 +90,7 @@ def fit_model_dir(
         [label for _, label in train],
         held_states,
         false_flag_rate,
+        positions=clf.state_positions,
     )
     return store(model_dir, score, time.perf_counter() - started)
 

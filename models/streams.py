@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.batched import BatchedDecoder, Pack
+from models.batched import BatchedDecoder, Pack, last_positions
 from shiftdown.errors import ModelError
 
 # llama.cpp rounds each stream up to this many cells.
@@ -64,12 +64,13 @@ class StreamDecoder(BatchedDecoder):
             and (pack.count + 1) * width <= self.budget
         )
 
-    def _pack(self, docs: Sequence[npt.NDArray[np.int32]]) -> None:
-        """Load ``docs`` as sequences 1..n, each padded on the right to the longest."""
+    def _pack(self, docs: Sequence[npt.NDArray[np.int32]], tail: int = 1) -> None:
+        """Load ``docs`` as sequences 1..n, each padded on the right to the longest, with
+        outputs at each one's last ``tail`` real tokens."""
         n = len(docs)
         lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=n)
         width = int(lengths.max()) if n else 0
-        if not 0 < n <= self.parallel or n * width > self.budget or lengths.min() == 0:
+        if not 0 < n <= self.parallel or n * width > self.budget or lengths.min() < tail:
             raise ModelError(
                 f"a decode takes 1..{self.parallel} non-empty documents of at most "
                 f"{self.budget} tokens in all once padded, not {n} of {n * width}"
@@ -83,5 +84,5 @@ class StreamDecoder(BatchedDecoder):
             np.concatenate(docs)[index].ravel(),
             np.tile(self.prefix_len + np.arange(width), n),
             np.repeat(np.arange(1, n + 1, dtype=np.int32), width),
-            np.arange(n) * width + lengths - 1,
+            last_positions(np.arange(n) * width + lengths - 1, tail),
         )

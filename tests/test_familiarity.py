@@ -19,6 +19,7 @@ from bench.unfamiliar import auroc, fpr_at_tpr
 from models.classifier import Classifier, ModelSpec, RuntimeOptions
 from models.familiarity import Familiarity, crossfit_scores, fit, ledoit_wolf
 from models.familiarity_fit import fit_model_dir, hidden_states, unscored_classifier
+from models.hidden_state import STATE_POSITIONS
 from models.registry import load_model_dir
 from shiftdown.db import session_scope
 from shiftdown.errors import ModelError
@@ -75,6 +76,25 @@ def test_without_held_out_data_the_threshold_comes_from_out_of_fold_training_poi
     assert 0.02 < score.unfamiliar(known)[1].mean() < 0.09
 
 
+def test_states_of_two_positions_count_alike_whatever_their_norms(tmp_path: Path) -> None:
+    first, labels = clusters(600, 0)
+    second, _ = clusters(600, 5)
+    train = np.hstack([first, 100.0 * second])  # the second position's norm dwarfs the first's
+    score = fit("knn", train, labels, None, positions=2)
+    assert score.positions == 2 and score.dim == 32
+    # Moving one position off its cluster is seen, however small that position's norm.
+    moved = np.hstack([clusters(50, 3, shift=1.0)[0], 100.0 * clusters(50, 4)[0]])
+    assert score.unfamiliar(moved)[1].mean() > 0.9
+    assert score.unfamiliar(np.hstack([clusters(50, 3)[0], clusters(50, 4)[0]]))[1].mean() < 0.2
+    score.save(tmp_path / "f.npz")
+    assert Familiarity.load(tmp_path / "f.npz").positions == 2
+    # A file written before there were positions holds one.
+    with np.load(tmp_path / "f.npz") as data:
+        old = {k: data[k] for k in data.files if k != "positions"}
+    np.savez(tmp_path / "old.npz", **old)
+    assert Familiarity.load(tmp_path / "old.npz").positions == 1
+
+
 def test_ledoit_wolf_shrinks_toward_a_scaled_identity_when_dimensions_outnumber_points() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (20, 50))
@@ -101,32 +121,41 @@ def test_hidden_states_are_read_back_from_the_logits_of_the_same_decode(
     import llama_cpp
 
     texts = [t for t, _ in tiny["held_out"]][:24] + OFF_TOPIC
+    by_parallel = {}
     for parallel in (1, 8):
         clf = unscored_classifier(tiny["dir"], replace(OPTIONS, parallel=parallel))
         plain = clf.classify_many(texts)
-        states = hidden_states(clf, texts)
+        states = by_parallel[parallel] = hidden_states(clf, texts)
         with_states = clf.classify_many(texts)
-        assert states.shape == (len(texts), clf._llm.n_embd()) and np.isfinite(states).all()
+        width = clf._llm.n_embd()
+        assert states.shape == (len(texts), STATE_POSITIONS * width) and np.isfinite(states).all()
         # Nothing about the decode changes: the same logits, to the bit.
         np.testing.assert_array_equal(
             np.stack([r.logits for r in plain]), np.stack([r.logits for r in with_states])
         )
-    # llama.cpp's own final hidden state for the last document, asked for as an
-    # embedding: what the logits gave back, up to the 8-bit activations of the output
-    # layer's product.
+    # One document at a time (its outputs asked of one decode) or eight together: the
+    # same positions' states, up to the rounding of another batch's arithmetic.
+    alone, together = (by_parallel[p].reshape(-1, width) for p in (1, 8))
+    cosines = (alone * together).sum(1) / np.linalg.norm(alone, axis=1)
+    cosines /= np.linalg.norm(together, axis=1)
+    assert (cosines > 0.99).all(), cosines.min()
+    # llama.cpp's own final hidden states for the last document, asked for as
+    # embeddings (at the position before the answer's and the answer's): what the logits
+    # gave back, up to the 8-bit activations of the output layer's product.
     item = clf.prepare(texts[-1])
     clf._ready_prefix()
     clf._llm.n_tokens = clf.prefix_tokens
-    clf._llm.eval(item.tokens.tolist()[:-1])
+    clf._llm.eval(item.tokens.tolist()[:-STATE_POSITIONS])
     llama_cpp.llama_set_embeddings(clf._llm.ctx, True)
-    clf._llm.eval(item.tokens.tolist()[-1:])
-    own = np.ctypeslib.as_array(
-        llama_cpp.llama_get_embeddings_ith(clf._llm.ctx, -1), shape=(clf._llm.n_embd(),)
-    )
+    clf._llm.eval(item.tokens.tolist()[-STATE_POSITIONS:])
+    blocks = states[-1].reshape(STATE_POSITIONS, width)
+    for got, at in zip(blocks, range(-STATE_POSITIONS, 0), strict=True):
+        own = np.ctypeslib.as_array(
+            llama_cpp.llama_get_embeddings_ith(clf._llm.ctx, at), shape=(width,)
+        )
+        assert got @ own / np.linalg.norm(got) / np.linalg.norm(own) > 0.999
+        assert np.linalg.norm(got - own) < 0.05 * np.linalg.norm(own)
     llama_cpp.llama_set_embeddings(clf._llm.ctx, False)
-    got = states[-1]
-    assert got @ own / np.linalg.norm(got) / np.linalg.norm(own) > 0.999
-    assert np.linalg.norm(got - own) < 0.05 * np.linalg.norm(own)
 
 
 def test_the_score_is_fitted_with_the_model_reloaded_with_it_and_checked(
