@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     familiarity: bool = Field(
         default=True,
         description="Score every document's unfamiliarity (a distance in the model's final "
-        "hidden state to its training set) where the model has a familiarity file, and "
+        "hidden states to its training set) where the model has a familiarity file, and "
         "escalate unfamiliar documents whatever their confidence. False: skip the score.",
     )
     max_resident_models: int = Field(
