@@ -17,15 +17,19 @@ Faults, each at least once per seed and in a seeded order, one at a time:
 - ``redis-restart-empty``: the same, but it comes back with nothing (no persistence):
   what was queued survives only in Postgres, for the workers' reconciliation sweep;
 - ``postgres-cut``: the workers' connections to Postgres dropped and refused for a while;
-- ``warm-shutdown``: SIGTERM to a worker (Celery finishes what it holds), then a new one.
+- ``warm-shutdown``: SIGTERM to a worker (Celery finishes what it holds), then a new one;
+- ``frontier-outage``: the frontier answers every call 503 for minutes: escalated
+  documents wait as ``awaiting_frontier`` (the breaker stops calling after a few) and
+  the workers' recovery pass sends them once it answers again.
 
-Checks: every document has exactly one final label; no prediction is stored twice and
-no document has two successful frontier calls recorded; the frontier calls billed (the
-requests the stand-in received) equal those recorded, plus at most one per frontier
-process killed; every settled document's result reached the Redis results stream, read
-by a consumer throughout (less at most a few entries appended in the instant before each
-restart of Redis with nothing, which loses what it held). The time from the end of the
-last fault to the last settled document is reported.
+Checks: every document has exactly one final label, and none ended ``frontier_failed``
+(the stand-in only ever fails for a while: 429s, timeouts, the outage); no prediction
+is stored twice and no document has two successful frontier calls recorded; the
+frontier calls billed (the requests the stand-in received) equal those recorded, plus at
+most one per frontier process killed; every settled document's result reached the Redis
+results stream, read by a consumer throughout (less at most a few entries appended in
+the instant before each restart of Redis with nothing, which loses what it held). The
+time from the end of the last fault to the last settled document is reported.
 
     python -m bench.soak --seed 1 [--seeds 1 2 3 4 5] [--docs 5000] [--json]
 
@@ -65,6 +69,7 @@ KINDS = (
     "redis-restart-empty",
     "postgres-cut",
     "warm-shutdown",
+    "frontier-outage",
 )
 # How long each kind keeps its target away, in seconds (uniform between the bounds).
 HOLD_S = {
@@ -74,6 +79,7 @@ HOLD_S = {
     "redis-restart-empty": (1.0, 6.0),
     "postgres-cut": (5.0, 20.0),
     "warm-shutdown": (0.0, 0.0),
+    "frontier-outage": (120.0, 240.0),
 }
 FRONTIER_PROCESSES = 4
 # The least time between one fault's end and the next one's start.
@@ -89,6 +95,9 @@ WORKER_SETTINGS = {
     "SHIFTDOWN_FRONTIER_TIMEOUT_S": "2",
     "SHIFTDOWN_FRONTIER_RETRY_BASE_S": "0.5",
     "SHIFTDOWN_FRONTIER_TASK_RETRIES": "20",
+    # After an outage, the breaker probes and the recovery pass sends what waited soon.
+    "SHIFTDOWN_FRONTIER_BREAKER_COOLDOWN_S": "5",
+    "SHIFTDOWN_FRONTIER_RECOVER_INTERVAL_S": "5",
     "SHIFTDOWN_N_THREADS": "1",
     "SHIFTDOWN_PARALLEL": "8",
     "SHIFTDOWN_SLM_BATCH_SIZE": "32",
@@ -265,6 +274,9 @@ class Soak:
         elif kind == "warm-shutdown":
             self.workers.warm_shutdown(fault.target)
             self.workers.start(fault.target)
+        elif kind == "frontier-outage":
+            self.frontier.down_until = time.monotonic() + fault.hold_s
+            time.sleep(fault.hold_s)
         else:
             raise ValueError(f"unknown fault {kind!r}")
 
@@ -561,6 +573,7 @@ def _figures(
         "no worker exited on its own": not run.workers.died_on_their_own,
         "every document has exactly one final label": settled
         and state["rows"] == state["distinct"] == n,
+        "no document ended frontier_failed": state["states"].get("frontier_failed", 0) == 0,
         "no prediction stored twice": state["stages"].get("slm", 0) == n,
         "no document with two successful frontier calls": state["twice_ok"] == 0,
         "frontier predictions = successful calls recorded": state["stages"].get("frontier", 0)

@@ -1,8 +1,9 @@
 """The chaos soak (``pytest -m soak``, not in the default run; ``bench/soak.py``):
 5,000 documents through Redis, Postgres, SLM and frontier workers and a frontier of
 random 429s and timeouts, while workers are killed and shut down, Redis restarts with
-and without its data and Postgres is cut away. Nothing may be lost, stored twice or
-billed without a record beyond what a killed process could not write.
+and without its data, Postgres is cut away and the frontier is down for minutes. Nothing
+may be lost, end failed, be stored twice or billed without a record beyond what a killed
+process could not write.
 
 ``SOAK_SEED=N`` picks the seed (default 1); the fault schedule is printed (``-s``)."""
 
