@@ -359,7 +359,9 @@ class Classifier:
         tail = self.state_positions if inverse is not None else 1
         ctx, width = self._llm.ctx, (self._n_vocab,)
         logits = np.empty((len(items), len(self._code_index)), dtype=np.float64)
-        extra = np.empty((len(items) * tail, len(inverse.rows)), np.float32) if inverse else None
+        # The rows the hidden states are read back from (none without states).
+        columns = inverse.rows if inverse is not None else np.empty(0, dtype=np.intp)
+        extra = np.empty((len(items) * tail, len(columns)), np.float32)
         latency = np.empty(len(items))
         for i, item in enumerate(items):
             start = time.perf_counter()
@@ -369,15 +371,15 @@ class Classifier:
                 self._llm.eval(item.tokens.tolist())
             else:
                 self._eval_with_outputs(item.tokens.tolist(), tail)
-            outputs = [llama_get_logits_ith(ctx, at) for at in range(-tail, 0)]
-            rows = np.stack([np.ctypeslib.as_array(o, shape=width) for o in outputs])
-            logits[i] = rows[-1, self._code_index]
-            if extra is not None and inverse is not None:
-                extra[i * tail : (i + 1) * tail] = rows[:, inverse.rows]
+            # Views of llama.cpp's output rows: only the columns wanted are copied.
+            for k, at in enumerate(range(-tail, 0)):
+                row = np.ctypeslib.as_array(llama_get_logits_ith(ctx, at), shape=width)
+                extra[i * tail + k] = row[columns]
+            logits[i] = row[self._code_index]
             latency[i] = time.perf_counter() - start
         start = time.perf_counter()
         states = None
-        if inverse is not None and extra is not None:
+        if inverse is not None:
             states = inverse.states(extra).reshape(len(items), -1)
         results = self._results(logits, items, 0.0, states)
         shared = (time.perf_counter() - start) / len(items)
