@@ -8,7 +8,8 @@ results (one pipeline, ``XADD ... MAXLEN ~``) and deletes their rows; a row left
 (Redis away, a worker killed between its commit and its append) is appended by the
 workers' outbox sweep once it is ``SWEEP_AFTER_S`` old. Delivery is at least once: a
 consumer may see a result twice (after such a sweep, or a redelivered task), and
-dedupes by ``document_id``.
+dedupes by ``document_id``, keeping the entry read last: a ``frontier_failed`` document
+sent again by ``shiftdown escalate`` settles, and is appended, a second time.
 
 Entry fields: those of ``shiftdown.results.FIELDS`` as text; ``meta`` as JSON; a field
 with no value (a failed document's label, a kept one's error) is left out.
