@@ -174,6 +174,26 @@ class Detector:
         return best[0]
 
 
+def escalated(
+    scores: Scores,
+    heldout: Scores,
+    rate: float,
+    flagged: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """Which documents the cascade sends to the frontier: the policy fitted on the
+    held-out split for the escalation target ``rate``, and the ``flagged`` ones."""
+    policy = fit_policy(
+        heldout.confidence(1.0),
+        heldout.predicted,
+        heldout.correct,
+        Target(MAX_ESCALATION, rate),
+        Economics(usd_per_escalation=0.0),
+        nones=heldout.outcome_masks(NONE_LABEL),
+    )
+    escalate = np.asarray(policy.escalate(scores.predicted, scores.confidence(1.0)))
+    return escalate | flagged if flagged is not None else escalate
+
+
 def cascade(
     scores: Scores,
     heldout: Scores,
@@ -185,18 +205,7 @@ def cascade(
     """The cascade's figures at an escalation target fitted on the held-out split, and
     the share of test queries it escalated (``flagged`` ones escalated whatever their
     confidence, as an unfamiliar document is)."""
-    econ = Economics(usd_per_escalation=0.0)
-    policy = fit_policy(
-        heldout.confidence(1.0),
-        heldout.predicted,
-        heldout.correct,
-        Target(MAX_ESCALATION, rate),
-        econ,
-        nones=heldout.outcome_masks(NONE_LABEL),
-    )
-    escalate = policy.escalate(scores.predicted, scores.confidence(1.0))
-    if flagged is not None:
-        escalate = escalate | flagged
+    escalate = escalated(scores, heldout, rate, flagged)
     final = [g if e else p for p, g, e in zip(scores.predicted, gold, escalate, strict=True)]
     return figures(final, gold, known), float(escalate.mean())
 

@@ -98,11 +98,15 @@ def prepare(
     return split
 
 
-def finetune_command(out: Path) -> list[str]:
-    """The ``shiftdown finetune`` command that trains the open-set model of ``out``."""
+def finetune_command(
+    out: Path, teacher: Path | None = None, model: Path | None = None
+) -> list[str]:
+    """The ``shiftdown finetune`` command that trains the open-set model of ``out``
+    (on another teacher set, into another folder, when given)."""
     return [
-        "shiftdown", "finetune", "--data", str(out / "teacher.csv"),
-        "--taxonomy", str(out / "taxonomy.json"), "--out", str(out / "model"), "--epochs", "1",
+        "shiftdown", "finetune", "--data", str(teacher or out / "teacher.csv"),
+        "--taxonomy", str(out / "taxonomy.json"), "--out", str(model or out / "model"),
+        "--epochs", "1",
         # bench.open_set fits and compares every unfamiliarity score itself.
         "--familiarity", "off",
     ]  # fmt: skip
