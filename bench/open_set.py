@@ -35,7 +35,6 @@ none recall is reported for those and for the labels never seen in training.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -49,7 +48,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.open_set_data import DATA, finetune_command, prepare, read_rows
+from bench.open_set_data import DATA, finetune_command, prepare, read_pairs, read_rows
 from bench.stack import ROOT
 from bench.table import print_table
 from bench.unfamiliar import detector_lines
@@ -276,8 +275,7 @@ def unfamiliar_lines(
     cascade with its flags escalated, and what the score costs per document."""
     scores, held_scores = runs
     held_texts = {t for t, _ in held}
-    with (work / "teacher.csv").open(encoding="utf-8", newline="") as f:
-        train = [(r["text"], r["label"]) for r in csv.DictReader(f) if r["text"] not in held_texts]
+    train = [(t, g) for t, g in read_pairs(work / "teacher.csv") if t not in held_texts]
     _, train_states = scored(model, train, threads, work / "scores")
     gold = [g for _, g in test]
     unknown = np.asarray([g == NONE_LABEL for g in gold])
@@ -321,10 +319,8 @@ def run(
         subprocess.run(finetune_command(work), check=True)
     known: list[str] = split["known"]  # type: ignore[assignment]
     unseen = set(split["unseen"])  # type: ignore[call-overload]
-    with (work / "test.csv").open(encoding="utf-8", newline="") as f:
-        test = [(r["text"], r["label"]) for r in csv.DictReader(f)]
-    with (model / "heldout.csv").open(encoding="utf-8", newline="") as f:
-        held = [(r["text"], r["label"]) for r in csv.DictReader(f)]
+    test = read_pairs(work / "test.csv")
+    held = read_pairs(model / "heldout.csv")
     gold = [g for _, g in test]
     held_gold = [g for _, g in held]
     cache = work / "scores"

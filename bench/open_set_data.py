@@ -60,6 +60,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """(text, label) rows of a text,label CSV (``write_pairs``)."""
+    with path.open(encoding="utf-8", newline="") as f:
+        return [(r["text"], r["label"]) for r in csv.DictReader(f)]
+
+
 def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> None:
     """A text,label CSV."""
     with path.open("w", encoding="utf-8", newline="") as f:

@@ -20,7 +20,6 @@ queries (none of them in the stream), known-label accuracy, and the cascade.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -32,38 +31,36 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.open_set import cascade, escalated, scored
-from bench.open_set_data import DATA, finetune_command, read_rows, write_pairs
+from bench.open_set import escalated, figures, scored
+from bench.open_set_data import DATA, finetune_command, read_pairs, read_rows, write_pairs
 from bench.table import print_table
 from models.familiarity import DEFAULT_METHOD, Familiarity, fit
 from models.hidden_state import STATE_POSITIONS
+from models.scores import Scores
 from shiftdown.taxonomy import NONE_LABEL
 
 Pairs = list[tuple[str, str]]
 
 
-def read_pairs(path: Path) -> Pairs:
-    """(text, label) rows of a text,label CSV."""
-    with path.open(encoding="utf-8", newline="") as f:
-        return [(r["text"], r["label"]) for r in csv.DictReader(f)]
-
-
 def fitted_score(
-    model: Path, teacher: Pairs, held: Pairs, threads: int, cache: Path
-) -> Familiarity:
-    """The served unfamiliarity score of ``model``: its bank of the teacher set without
-    the held-out split, its threshold on that split (5 % false flags)."""
+    model: Path, teacher: Pairs, threads: int, cache: Path
+) -> tuple[Familiarity, Scores]:
+    """The served unfamiliarity score of ``model`` (its bank of the teacher set without
+    the held-out split, its threshold on that split for 5 % false flags), and the
+    model's scores of that split, which the policy is fitted on."""
+    held = read_pairs(model / "heldout.csv")
     held_texts = {t for t, _ in held}
     train = [(t, g) for t, g in teacher if t not in held_texts]
     _, train_states = scored(model, train, threads, cache)
-    _, held_states = scored(model, held, threads, cache)
-    return fit(
+    held_scores, held_states = scored(model, held, threads, cache)
+    score = fit(
         DEFAULT_METHOD,
         train_states,
         [g for _, g in train],
         held_states,
         positions=STATE_POSITIONS,
     )
+    return score, held_scores
 
 
 def measured(
@@ -78,22 +75,21 @@ def measured(
 ) -> dict[str, Any]:
     """The model's figures on the test split: its plain answer and the cascade with the
     unfamiliarity score."""
-    held = read_pairs(model / "heldout.csv")
-    score = fitted_score(model, teacher, held, threads, cache)
+    score, held_scores = fitted_score(model, teacher, threads, cache)
     test_scores, test_states = scored(model, test, threads, cache)
-    held_scores, _ = scored(model, held, threads, cache)
     flags = score.unfamiliar(test_states)[1]
     plain = np.asarray(test_scores.predicted)
     gold = [g for _, g in test]
     known_mask = np.asarray([g != NONE_LABEL for g in gold])
-    figs, share = cascade(test_scores, held_scores, gold, known, target, flags)
-    final = np.where(escalated(test_scores, held_scores, target, flags), NONE_LABEL, plain)
+    escalate = escalated(test_scores, held_scores, target, flags)
+    # The stand-in frontier answers an escalated query right: its gold label.
+    final = np.where(escalate, np.asarray(gold), plain)
     return {
         "plain_none_recall_unseen": float((plain[unseen_test] == NONE_LABEL).mean()),
         "plain_known_accuracy": float((plain == np.asarray(gold))[known_mask].mean()),
         "flagged_unseen": float(flags[unseen_test].mean()),
         "flagged_known": float(flags[known_mask].mean()),
-        "cascade": {**figs, "escalated": share},
+        "cascade": {**figures(list(final), gold, known), "escalated": float(escalate.mean())},
         "cascade_none_recall_unseen": float((final[unseen_test] == NONE_LABEL).mean()),
     }
 
@@ -109,10 +105,8 @@ def run(work: Path, target: float, threads: int) -> dict[str, Any]:
     stream = [
         (r["text"], NONE_LABEL) for r in read_rows(DATA / "train.csv") if r["category"] in unseen
     ]
-    held = read_pairs(model / "heldout.csv")
-    score = fitted_score(model, teacher, held, threads, cache)
+    score, held_scores = fitted_score(model, teacher, threads, cache)
     stream_scores, stream_states = scored(model, stream, threads, cache)
-    held_scores, _ = scored(model, held, threads, cache)
     flags = score.unfamiliar(stream_states)[1]
     sent = escalated(stream_scores, held_scores, target, flags)
     taught = [pair for pair, e in zip(stream, sent, strict=True) if e]
@@ -132,6 +126,7 @@ def run(work: Path, target: float, threads: int) -> dict[str, Any]:
     unseen_test = np.asarray([c in unseen for c in categories])
     return {
         "seed": split["seed"],
+        "unseen_intents": len(unseen),
         "target": target,
         "stream": len(stream),
         "stream_flagged": float(flags.mean()),
@@ -161,7 +156,7 @@ def main() -> None:
     pct = "{:.1%}".format
     print(
         f"seed {result['seed']}: a stream of {result['stream']} queries of "
-        f"{len(json.loads((args.work / 'split.json').read_text())['unseen'])} intents nobody "
+        f"{result['unseen_intents']} intents nobody "
         f"taught; {pct(result['stream_flagged'])} flagged unfamiliar, "
         f"{pct(result['stream_escalated'])} escalated (target {pct(result['target'])}), "
         f"{result['taught']} answered none and taught"
