@@ -17,7 +17,9 @@
 #                                  at a time (1,024 documents), classify with base +
 #                                  adapter applied at run time, classify_many at 64, 255
 #                                  and 128 per decode, and the whole pipeline (Redis and
-#                                  Postgres started here, threads pool)
+#                                  Postgres started here, threads pool), each with one
+#                                  batched context (_contexts1, the path before) and with
+#                                  the default (two contexts, each on its own thread)
 #   served_streams.json            the served merged model with one KV stream per document
 #                                  (SHIFTDOWN_KV_LAYOUT=streams): classify_many at 64, 255
 #                                  and 128, and the pipeline, against served.json's
@@ -25,7 +27,7 @@
 #   q4_0.json                      the same merged into Q4_0, without the pipeline
 #   host_ceiling.json              the tiny random-weight model: classify_many and the
 #                                  whole pipeline with every layer offloaded, each KV
-#                                  layout in turn
+#                                  layout with one context and with the default
 #   batched-bench.txt              llama.cpp's own llama-batched-bench on the base GGUF,
 #                                  -npp 50 -ntg 1 -npl 64,128,256, with and without -kvu:
 #                                  the engine's ceiling at this length
@@ -33,7 +35,7 @@
 #                                  train.csv, one epoch), timed, where torch is installed
 #   build.log, steps.log
 # Budget (a lent machine's 15 minutes): the build runs during calls 2 and 3 (about 3 to
-# 5 minutes on 16 cores), the measurements take about 5.
+# 5 minutes on 16 cores), the measurements take about 7.
 #
 # GPU_REHEARSAL=1 runs the last call's steps here, on the CPU, with the llama.cpp and
 # packages already installed (no build, no nvidia-smi): the script's own check on a
@@ -169,10 +171,10 @@ services() { timeout "$1" "$PY" -m bench.services run -- "${@:2}"; }
 # In order of what matters most, should the call's time run out: the demo model and its
 # pipeline, the smaller merged type, then the host ceiling.
 log "demo model, served merged (SHIFTDOWN_SERVE_TYPE=q8_0) against base + adapter"
-SHIFTDOWN_SERVE_TYPE=q8_0 services 300 "$PY" -m bench.throughput --model "$model" \
+SHIFTDOWN_SERVE_TYPE=q8_0 services 360 "$PY" -m bench.throughput --model "$model" \
   --gpu-layers "$LAYERS" --threads 8 --docs "$DOCS" --single-docs 1024 --naive-docs 0 \
   --parallel 64,255,128 --task-size 128 --pool threads --worker-threads 8 --json \
-  >"$OUT/served.json" 2>>"$OUT/steps.log"
+  --contexts 1,0 >"$OUT/served.json" 2>>"$OUT/steps.log"
 log "demo model, served merged, one KV stream per document"
 SHIFTDOWN_SERVE_TYPE=q8_0 services 240 "$PY" -m bench.throughput --model "$model" \
   --gpu-layers "$LAYERS" --threads 8 --docs "$DOCS" --single-docs 256 --naive-docs 0 \
@@ -183,7 +185,7 @@ SHIFTDOWN_SERVE_TYPE=q4_0 timeout 90 "$PY" -m bench.throughput --model "$model" 
   --gpu-layers "$LAYERS" --threads 8 --docs "$DOCS" --single-docs 1024 --naive-docs 0 \
   --parallel 128,255 --no-pipeline --no-adapter-line --json >"$OUT/q4_0.json" 2>>"$OUT/steps.log"
 log "host ceiling (tiny model, every layer on the GPU)"
-services 150 "$PY" -m bench.host_ceiling --gpu-layers "$LAYERS" --docs "$HOST_DOCS" --parallel 128 \
+services 240 "$PY" -m bench.host_ceiling --gpu-layers "$LAYERS" --docs "$HOST_DOCS" --parallel 128 \
   --task-size 128 --threads 8 --width 64 --tokenizer-from "$model/$base" --json \
   >"$OUT/host_ceiling.json" 2>>"$OUT/steps.log"
 bench_bin=$(find "$STASH/build" -name llama-batched-bench -type f -perm -u+x 2>/dev/null | head -n1)

@@ -23,7 +23,7 @@ Each line reports docs/s, per-document p50/p95 latency, and its ratio to line 1.
 Needs Redis and Postgres for line 4 (``--no-pipeline`` skips it).
 
     python -m bench.throughput --docs 300 [--model demo/banking77-lora] [--scale]
-        [--parallel N[,N...]] [--task-size 32] [--pool threads] [--naive-docs N]
+        [--parallel N[,N...]] [--task-size 32] [--contexts 1,0] [--pool threads] [--naive-docs N]
         [--gpu-layers -1] [--serve-type q8_0] [--no-adapter-line] [--json]
 
 ``bench/gpu.sh`` builds llama-cpp-python with CUDA and runs this on a GPU, the pipeline
@@ -51,6 +51,17 @@ from shiftdown.settings import SERVE_TYPES, get_settings
 
 # Line names per KV layout: the default layout's lines keep the names scripts read.
 LAYOUT_SUFFIX = {"unified": "", "streams": "_streams"}
+
+
+def contexts_suffix(contexts: int) -> str:
+    """Line name suffix for a number of batched contexts: none for the automatic default
+    (``SHIFTDOWN_DECODE_CONTEXTS=0``), ``_contexts1`` for the one-context path, etc."""
+    return f"_contexts{contexts}" if contexts else ""
+
+
+def parse_contexts(value: str) -> list[int]:
+    """``--contexts``: a comma-separated list of context counts, 0 for automatic."""
+    return [int(n) for n in value.split(",")]
 
 
 def stats(latencies_ms: list[float], wall_s: float) -> dict[str, float]:
@@ -172,6 +183,7 @@ def line_pipeline(
         SHIFTDOWN_N_GPU_LAYERS=str(options.n_gpu_layers),
         SHIFTDOWN_PARALLEL=str(options.parallel),
         SHIFTDOWN_KV_LAYOUT=options.kv_layout,
+        SHIFTDOWN_DECODE_CONTEXTS=str(options.decode_contexts),
         SHIFTDOWN_SERVE_TYPE=options.serve_type,
         SHIFTDOWN_SLM_BATCH_SIZE=str(task_size),
         SHIFTDOWN_TASK="bench",
@@ -261,6 +273,14 @@ def main() -> None:
         "named with a _streams suffix for streams.",
     )
     parser.add_argument(
+        "--contexts",
+        type=parse_contexts,
+        default=[0],
+        help="Batched llama.cpp contexts of the batched lines and the pipeline, "
+        "comma-separated (SHIFTDOWN_DECODE_CONTEXTS; 0: automatic); each but 0 gets its own "
+        "lines, named with a _contextsN suffix: 1,0 measures one context against the default.",
+    )
+    parser.add_argument(
         "--pool",
         choices=["prefork", "threads"],
         default="prefork",
@@ -318,30 +338,33 @@ def main() -> None:
         as_trained.classify(texts[0])
         record("classify_adapter", line_classify(as_trained, single, gold[:n_single]))
         del as_trained
-    suffix = LAYOUT_SUFFIX
-    for layout in args.kv_layout:
+    ways = [(layout, n) for layout in args.kv_layout for n in args.contexts]
+    for layout, contexts in ways:
+        suffix = LAYOUT_SUFFIX[layout] + contexts_suffix(contexts)
         for parallel in (n for n in args.parallel if n > 1):
             del clf
-            options = replace(options, parallel=parallel, kv_layout=layout)
+            options = replace(
+                options, parallel=parallel, kv_layout=layout, decode_contexts=contexts
+            )
             clf = Classifier(spec, options)
             clf.classify_many(texts[:4])
             per_task = max(args.task_size, parallel)
             line = line_classify_many(clf, texts, per_task)
-            record(f"classify_parallel_{parallel}{suffix[layout]}", line)
+            record(f"classify_parallel_{parallel}{suffix}", line)
     if not args.no_pipeline:
         del clf  # the worker process gets the cores to itself
         threads = args.worker_threads if args.pool == "threads" else 1
-        for layout in args.kv_layout:
+        for layout, contexts in ways:
             line = line_pipeline(
                 args.model,
                 texts,
-                replace(options, kv_layout=layout),
+                replace(options, kv_layout=layout, decode_contexts=contexts),
                 taxonomy,
                 threads,
                 args.pool,
                 args.task_size,
             )
-            record(f"pipeline{suffix[layout]}", line)
+            record(f"pipeline{LAYOUT_SUFFIX[layout]}{contexts_suffix(contexts)}", line)
         if args.scale:
             record(
                 "pipeline_2_processes",

@@ -72,7 +72,9 @@ def check_parallel(parallel: int) -> None:
 
 
 class BatchedDecoder:
-    """Decodes up to ``parallel`` documents, ``budget`` tokens in all, per call."""
+    """Decodes up to ``parallel`` documents, ``budget`` tokens in all, per call, on
+    ``threads`` llama.cpp threads (default: the model's own). One thread at a time may
+    use it; several over one model may decode at once, each from its own thread."""
 
     def __init__(
         self,
@@ -81,6 +83,7 @@ class BatchedDecoder:
         parallel: int,
         budget: int,
         flash_attn: bool = True,
+        threads: int | None = None,
     ) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaContext
@@ -93,6 +96,8 @@ class BatchedDecoder:
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_seq_max = parallel + 1
         params.n_batch = params.n_ubatch = budget
+        if threads is not None:
+            params.n_threads = params.n_threads_batch = threads
         self._lay_out(params)
         # llama.cpp wants room for at least one output per sequence; a decode that reads
         # hidden states asks for the last STATE_POSITIONS of each document.

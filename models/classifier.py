@@ -11,8 +11,10 @@ throughput comes from.
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -56,6 +58,9 @@ class RuntimeOptions:
     # How a batched decode's KV cache is laid out: one cache (models.batched) or one
     # stream per document (models.streams).
     kv_layout: KvLayout = "unified"
+    # Batched contexts over the one model, each decoded on its own thread (0: automatic,
+    # see ``contexts``).
+    decode_contexts: int = 0
     # A model with a LoRA adapter is served merged into this type, or as trained
     # ("adapter"); see models.served.
     serve_type: str = DEFAULT_SERVE_TYPE
@@ -66,6 +71,27 @@ class RuntimeOptions:
     def decode_budget(self) -> int:
         """Tokens one batched decode may hold."""
         return self.decode_tokens or max(self.n_batch, 32 * self.parallel)
+
+    @property
+    def contexts(self) -> int:
+        """Batched contexts to make (none when decoding one document at a time).
+
+        Automatic is two wherever there are two threads to share: a decode's host work
+        (packing, llama.cpp's batch split, mask and graph) runs on one thread, so a
+        second context decoding beside it keeps both cores busy. Measured on 2 vCPUs:
+        twice the tiny model's rate and the same rate for SmolLM2-135M
+        (docs/performance.md)."""
+        if self.parallel == 1:
+            return 0
+        if self.decode_contexts:
+            return self.decode_contexts
+        return 2 if (self.n_threads or os.cpu_count() or 1) >= 2 else 1
+
+    @property
+    def context_threads(self) -> int:
+        """llama.cpp threads of each batched context: an even share of ``n_threads``."""
+        threads = self.n_threads or os.cpu_count() or 1
+        return max(1, threads // max(1, self.contexts))
 
     @classmethod
     def from_settings(cls, s: Settings) -> RuntimeOptions:
@@ -82,6 +108,7 @@ class RuntimeOptions:
             decode_tokens=s.decode_tokens,
             flash_attn=s.flash_attn,
             kv_layout=s.kv_layout,
+            decode_contexts=s.decode_contexts,
             serve_type=s.serve_type,
             familiarity=s.familiarity,
         )
@@ -206,16 +233,24 @@ class Classifier:
                 f"{len(self._prefix)}-token instruction; raise SHIFTDOWN_N_CTX"
             )
         decoder = StreamDecoder if options.kv_layout == "streams" else BatchedDecoder
-        self._batched = (
+        self._decoders = [
             decoder(
-                self._llm, self._prefix, options.parallel, options.decode_budget, options.flash_attn
+                self._llm,
+                self._prefix,
+                options.parallel,
+                options.decode_budget,
+                options.flash_attn,
+                options.context_threads,
             )
-            if options.parallel > 1
-            else None
-        )
+            for _ in range(options.contexts)
+        ]
+        self._batched = self._decoders[0] if self._decoders else None
         # Decoding together, the one-at-a-time context serves only documents too long
-        # for a batch: its prefix is evaluated when the first of them comes.
+        # for a batch: its prefix is evaluated when the first of them comes. Threads
+        # that decode in different batched contexts may meet here.
         self._prefix_ready = False
+        self._alone = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         if self._batched is None:
             self._ready_prefix()
 
@@ -253,6 +288,12 @@ class Classifier:
         return self.familiarity.positions if self.familiarity is not None else STATE_POSITIONS
 
     @property
+    def contexts(self) -> int:
+        """Batched contexts: how many decodes may run at once, each from its own thread
+        (0: the model decodes one document at a time)."""
+        return len(self._decoders)
+
+    @property
     def prefix_tokens(self) -> int:
         """Tokens of the cached instruction prefix."""
         return len(self._prefix)
@@ -284,10 +325,11 @@ class Classifier:
         batched = self._batched
         return batched is not None and batched.fits(pack, len(item.tokens))
 
-    def decode(self, group: Sequence[Prepared]) -> list[Classification]:
-        """One decode of ``group`` (documents that ``fits`` put together), in order. Each
+    def decode(self, group: Sequence[Prepared], context: int = 0) -> list[Classification]:
+        """One decode of ``group`` (documents that ``fits`` put together), in order, in
+        batched context number ``context``: one thread at a time per context. Each
         result's latency is its share of the decode."""
-        batched = self._batched
+        batched = self._decoders[context] if self._decoders else None
         if len(group) == 1 and (batched is None or len(group[0].tokens) > batched.longest):
             return [self._decode_alone(group[0])]
         if batched is None:
@@ -345,7 +387,8 @@ class Classifier:
         ]
 
     def _decode_alone(self, item: Prepared) -> Classification:
-        return self._decode_each([item])[0]
+        with self._alone:
+            return self._decode_each([item])[0]
 
     def _decode_each(self, items: Sequence[Prepared]) -> list[Classification]:
         """Each of ``items`` decoded alone, one after another. The host's share (hidden
@@ -412,32 +455,88 @@ class Classifier:
     def classify_many(self, texts: Sequence[str]) -> list[Classification]:
         """Distributions for several documents, in order: decoded ``parallel`` at a time
         (and at most the decode's token budget) when the model was loaded with
-        ``parallel > 1``, else one by one."""
-        items = [self.prepare(text) for text in texts]
+        ``parallel > 1``, in every batched context at once, else one by one. One caller
+        at a time (``models.decode_loop`` serves many)."""
         if self._batched is None:
-            return self._decode_each(items)
+            with self._alone:
+                return self._decode_each([self.prepare(text) for text in texts])
+        items = self._prepare_all(texts)
+        groups = self._groups(items)
+        results: list[Classification | None] = [None] * len(items)
+
+        def run(context: int, taken: _Shared) -> None:
+            while (group := taken.take()) is not None:
+                decoded = self.decode([items[i] for i in group], context)
+                for i, result in zip(group, decoded, strict=True):
+                    results[i] = result
+
+        # The same groups whatever the number of contexts, so the same results: each
+        # context takes the next group when its decode is done.
+        taken = _Shared(groups)
+        if self.contexts == 1 or len(groups) == 1:
+            run(0, taken)
+        else:
+            self._on_contexts(lambda context: run(context, taken))
+        return [r for r in results if r is not None]
+
+    def _groups(self, items: Sequence[Prepared]) -> list[list[int]]:
+        """``items`` (by index) packed into decodes, as ``fits`` allows."""
         order: Sequence[int] = range(len(items))
         if isinstance(self._batched, StreamDecoder):
             # Each document of a streamed decode is padded to the longest: decode
             # documents of about the same length together.
             order = sorted(order, key=lambda i: len(items[i].tokens))
-        results: list[Classification | None] = [None] * len(items)
-        group: list[int] = []
+        groups: list[list[int]] = []
         pack = Pack()
-
-        def flush() -> None:
-            for i, result in zip(group, self.decode([items[i] for i in group]), strict=True):
-                results[i] = result
-
         for i in order:
-            if not self.fits(pack, items[i]):
-                flush()
-                group, pack = [], Pack()
-            group.append(i)
+            if not groups or not self.fits(pack, items[i]):
+                groups.append([])
+                pack = Pack()
+            groups[-1].append(i)
             pack.add(len(items[i].tokens))
-        if group:
-            flush()
-        return [r for r in results if r is not None]
+        return groups
+
+    def _prepare_all(self, texts: Sequence[str]) -> list[Prepared]:
+        """Every text tokenized, in order: in one slice per context, on the contexts'
+        threads (llama.cpp's tokenizer runs without the GIL), so that tokenizing a task
+        takes a share of the time it takes on the decoding thread alone."""
+        if self.contexts == 1 or len(texts) < 2 * self.contexts:
+            return [self.prepare(text) for text in texts]
+        step = -(-len(texts) // self.contexts)
+        slices: list[list[Prepared]] = [[] for _ in range(self.contexts)]
+
+        def prepare(k: int) -> None:
+            slices[k] = [self.prepare(text) for text in texts[k * step : (k + 1) * step]]
+
+        self._on_contexts(prepare)
+        return [item for part in slices for item in part]
+
+    def _on_contexts(self, work: Callable[[int], None]) -> None:
+        """``work(k)`` for every context k at once: k = 0 on this thread, the others on
+        the classifier's own threads; the first error is raised once all are done."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.contexts - 1, "shiftdown-context")
+        futures = [self._pool.submit(work, k) for k in range(1, self.contexts)]
+        try:
+            work(0)
+        finally:
+            for future in futures:
+                future.exception()
+        for future in futures:
+            future.result()
+
+
+class _Shared:
+    """Groups that several threads draw from, each group once."""
+
+    def __init__(self, groups: list[list[int]]) -> None:
+        self._groups = iter(groups)
+        self._lock = threading.Lock()
+
+    def take(self) -> list[int] | None:
+        """The next group, or None when none is left."""
+        with self._lock:
+            return next(self._groups, None)
 
 
 def load_familiarity(manifest: ModelManifest) -> Familiarity | None:

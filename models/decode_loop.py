@@ -4,10 +4,11 @@ A worker that decodes one task at a time leaves the model idle while it reads th
 documents from the store and writes their results, and a task smaller than a decode
 leaves the decode part empty. Here every caller (a Celery worker thread, one per task
 in flight) tokenizes its own documents on its own thread, llama.cpp's tokenizer running
-without the GIL, and queues them; one decode thread owns the llama.cpp contexts and
-packs each decode from whatever is queued when it becomes free, across callers, up to
-``parallel`` documents and the token budget. A caller waits only for its own documents,
-then stores them while the next decode runs.
+without the GIL, and queues them; one decode thread per batched llama.cpp context
+(``Classifier.contexts``) packs each decode from whatever is queued when it becomes
+free, across callers, up to ``parallel`` documents and the token budget. With two
+contexts one decode's host work runs while the other computes. A caller waits only for
+its own documents, then stores them while the next decode runs.
 
 With nothing else queued a caller's documents go straight through, so a single-threaded
 worker (Celery's prefork pool, one task per process) behaves as before, at the cost of
@@ -44,9 +45,16 @@ class DecodeLoop:
         self._queue: deque[_Request] = deque()
         self._wake = threading.Condition()
         self._closed = False
+        self._finish = threading.Lock()  # results, counts and errors of requests
         self.decodes = 0  # decodes run, for tests and metrics
-        self._thread = threading.Thread(target=self._run, name="shiftdown-decode", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(context,), name=f"shiftdown-decode-{context}", daemon=True
+            )
+            for context in range(max(1, clf.contexts))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def classify_many(self, texts: Sequence[str]) -> list[Classification]:
         """Each text's distribution, in order (decoded together with other callers')."""
@@ -71,11 +79,12 @@ class DecodeLoop:
         return self.classify_many([text])[0]
 
     def close(self) -> None:
-        """Finish what is queued, then stop the decode thread."""
+        """Finish what is queued, then stop the decode threads."""
         with self._wake:
             self._closed = True
-            self._wake.notify()
-        self._thread.join()
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join()
 
     def _take(self) -> list[tuple[_Request, int]]:
         """The next decode's items, oldest first, as (request, index); under the lock."""
@@ -91,7 +100,7 @@ class DecodeLoop:
                 request.taken += 1
         return picked
 
-    def _run(self) -> None:
+    def _run(self, context: int) -> None:
         picked: list[tuple[_Request, int]] = []
         try:
             while True:
@@ -103,21 +112,27 @@ class DecodeLoop:
                     picked = self._take()
                     while self._queue and self._queue[0].taken == len(self._queue[0].items):
                         self._queue.popleft()
-                self._decode(picked)
+                    if self._queue:
+                        # More than this decode takes: another context may start on it.
+                        self._wake.notify()
+                self._decode(picked, context)
+                picked = []
         except BaseException as exc:
             # Nothing may wait for a thread that is gone: fail what is queued, refuse more.
             with self._wake:
                 self._closed = True
                 stranded = [request for request, _ in picked] + list(self._queue)
                 self._queue.clear()
+                # The other decode threads finish what they hold, then see the close.
+                self._wake.notify_all()
             for request in stranded:
                 self._fail(request, exc)
             raise
 
-    def _decode(self, picked: list[tuple[_Request, int]]) -> None:
+    def _decode(self, picked: list[tuple[_Request, int]], context: int) -> None:
         items = [request.items[i] for request, i in picked]
         try:
-            results = self.clf.decode(items)
+            results = self.clf.decode(items, context)
         except Exception as exc:
             if len(picked) == 1:
                 self._fail(picked[0][0], exc)
@@ -126,33 +141,38 @@ class DecodeLoop:
             # callers' among them): each goes again alone, and only what fails alone fails.
             for request, index in picked:
                 try:
-                    self._done(request, index, self.clf.decode([request.items[index]])[0])
-                except Exception as alone:
-                    self._fail(request, alone)
+                    alone = self.clf.decode([request.items[index]], context)[0]
+                except Exception as failed:
+                    self._fail(request, failed)
+                else:
+                    self._done([(request, index)], [alone])
             return
         finally:
-            self.decodes += 1
+            with self._finish:
+                self.decodes += 1
         if len(results) != len(picked):
             error = ModelError(f"a decode of {len(picked)} returned {len(results)} results")
             for request, _ in picked:
                 self._fail(request, error)
             return
-        for (request, index), result in zip(picked, results, strict=True):
-            self._done(request, index, result)
+        self._done(picked, results)
 
-    @staticmethod
-    def _done(request: _Request, index: int, result: Classification) -> None:
-        if request.error is not None:
-            return
-        request.results[index] = result
-        request.left -= 1
-        if request.left == 0:
-            request.done.set()
+    def _done(self, picked: list[tuple[_Request, int]], results: list[Classification]) -> None:
+        # Decode threads may finish documents of the same request at once.
+        with self._finish:
+            for (request, index), result in zip(picked, results, strict=True):
+                if request.error is not None:
+                    continue
+                request.results[index] = result
+                request.left -= 1
+                if request.left == 0:
+                    request.done.set()
 
     def _fail(self, request: _Request, exc: BaseException) -> None:
-        if request.error is not None:
-            return
-        request.error = exc
+        with self._finish:
+            if request.error is not None:
+                return
+            request.error = exc
         with self._wake:
             # Its documents not yet decoded are dropped with it.
             if request in self._queue:

@@ -95,6 +95,16 @@ class Settings(BaseSettings):
         "per document, each document padded to the longest of its decode. On the CPU both "
         "run at about the same rate (docs/performance.md); bench/gpu.sh measures both on a GPU.",
     )
+    decode_contexts: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="llama.cpp contexts over the one loaded model that batched decodes "
+        "(parallel > 1) run in, each on its own thread with its share of n_threads, so one "
+        "decode's host work (tokens, batch, mask, graph) overlaps another's compute "
+        "(0: 2 where there are two threads or more, else 1; 1: one context, one decode at "
+        "a time). Each holds its own KV cache and output buffer.",
+    )
     n_gpu_layers: int = Field(
         default=0, description="Layers offloaded to the GPU (-1: all; needs a CUDA build)."
     )

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_host_ceiling_prints_one_json_object_with_both_lines() -> None:
+def test_host_ceiling_prints_one_json_object_with_every_line() -> None:
     # Not this process's settings; the servers the suite uses (its own, if it started any).
     env = {
         k: v
@@ -38,9 +38,17 @@ def test_host_ceiling_prints_one_json_object_with_both_lines() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = json.loads(result.stdout)
-    for name in ("classify_many", "pipeline", "classify_many_streams", "pipeline_streams"):
-        assert {"docs_per_s", "p50_ms", "p95_ms"} <= set(lines[name])
-        assert lines[name]["docs_per_s"] > 0
+    for layout in ("", "_streams"):
+        # The default (two contexts here) and one context, each layout.
+        for name in (f"{line}{layout}{n}" for line in ("classify_many", "pipeline")
+                     for n in ("", "_contexts1")):  # fmt: skip
+            assert {"docs_per_s", "p50_ms", "p95_ms"} <= set(lines[name])
+            assert lines[name]["docs_per_s"] > 0
+        # The default path against one context, in the same run.
+        default, one = lines[f"classify_many{layout}"], lines[f"classify_many{layout}_contexts1"]
+        assert default["x_one_context"] == pytest.approx(
+            default["docs_per_s"] / one["docs_per_s"], abs=0.01
+        )
     assert lines["classify_many"]["p50_ms"] <= lines["classify_many"]["p95_ms"]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models.base import default_gguf_path
-from models.classifier import Classifier, ModelSpec, RuntimeOptions
+from models.classifier import Classification, Classifier, ModelSpec, Prepared, RuntimeOptions
 from models.coding import PromptTemplate, assign_codes
 from shiftdown.errors import ModelError
 from shiftdown.manifest import ModelManifest
@@ -140,6 +140,48 @@ def test_documents_decoded_in_their_own_kv_streams_get_what_they_get_alone(
     first = streams.classify_many([short, long])[0]
     again = streams.classify_many([short, middle, long])[0]
     np.testing.assert_array_equal(first.logits, again.logits)
+
+
+def test_two_batched_contexts_decode_at_once_and_give_what_one_gives(
+    labels: tuple[str, ...], banking: list[dict[str, str]]
+) -> None:
+    # Two llama.cpp contexts over one model, each decoding from its own thread: the
+    # same decodes as with one context (the same groups, each a fresh context's), so
+    # the same numbers, bit for bit.
+    from models.registry import load_model_dir
+
+    gguf, adapter, manifest = load_model_dir(Path("demo/banking77-lora"))
+    spec = ModelSpec(str(gguf), labels, str(adapter), manifest)
+    options = RuntimeOptions(n_ctx=1024, n_threads=2, n_batch=256, parallel=8)
+    one = Classifier(spec, replace(options, decode_contexts=1))
+    two = Classifier(spec, options)  # automatic: two threads, two contexts
+    assert (one.contexts, two.contexts) == (1, 2)
+    used: list[int] = []
+    decode = two.decode
+
+    def recording(group: list[Prepared], context: int = 0) -> list[Classification]:
+        used.append(context)
+        return decode(group, context)
+
+    two.decode = recording  # type: ignore[method-assign]
+    texts = [r["text"] for r in banking[:40]] + ["card declined " * 100, ""]
+    expected = one.classify_many(texts)
+    got = two.classify_many(texts)
+    assert [r.label for r in got] == [r.label for r in expected]
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a.logits, b.logits)
+        assert (a.prompt_tokens, a.truncated) == (b.prompt_tokens, b.truncated)
+    assert set(used) == {0, 1}  # both contexts decoded
+    assert len(used) == 6  # 5 decodes of up to 8 and the long one alone, as with one
+
+
+def test_contexts_default_to_two_where_two_threads_share_them() -> None:
+    assert RuntimeOptions(parallel=1, n_threads=8).contexts == 0  # one at a time
+    assert RuntimeOptions(parallel=8, n_threads=1).contexts == 1
+    auto = RuntimeOptions(parallel=8, n_threads=8)
+    assert (auto.contexts, auto.context_threads) == (2, 4)
+    chosen = RuntimeOptions(parallel=8, n_threads=8, decode_contexts=3)
+    assert (chosen.contexts, chosen.context_threads) == (3, 2)
 
 
 def test_parallel_beyond_what_llama_cpp_holds_is_refused_clearly(labels: tuple[str, ...]) -> None:

@@ -36,6 +36,15 @@ def test_concurrent_callers_share_decodes_and_get_their_own_results(
     options = RuntimeOptions(n_ctx=512, n_threads=2, parallel=16, decode_tokens=2048)
     alone = Classifier(spec, options)
     loop = DecodeLoop(Classifier(spec, options))
+    assert loop.clf.contexts == 2  # two decode threads, one per context
+    used: list[int] = []
+    decode = loop.clf.decode
+
+    def recording(group: list[Prepared], context: int = 0) -> list[Classification]:
+        used.append(context)
+        return decode(group, context)
+
+    loop.clf.decode = recording  # type: ignore[method-assign]
     texts = [r["text"] for r in banking[:96]]
     # Eight callers of 12 documents each: 96 documents in fewer decodes than callers
     # would need one at a time (8 callers x 1 decode each), and never more than 16 each.
@@ -63,6 +72,7 @@ def test_concurrent_callers_share_decodes_and_get_their_own_results(
             # The same document wherever it sat in a shared decode.
             np.testing.assert_allclose(row, expected[12 * k + i].logits, atol=1e-3)
     assert loop.decodes >= 96 // 16  # at most 16 documents per decode
+    assert set(used) == {0, 1}  # both contexts decoded callers' documents
 
 
 def test_a_failed_decode_fails_only_its_callers(spec: ModelSpec) -> None:
@@ -70,7 +80,7 @@ def test_a_failed_decode_fails_only_its_callers(spec: ModelSpec) -> None:
     good = loop.classify_many(["where is my card"])
     assert len(good) == 1
 
-    def broken(group: object) -> object:
+    def broken(group: object, context: int = 0) -> object:
         raise ModelError("llama_decode failed with code -1")
 
     original = loop.clf.decode
@@ -89,10 +99,10 @@ def test_one_bad_document_fails_only_itself_not_what_it_shared_a_decode_with(
     poison = loop.clf.prepare("poison").tokens
     decode = loop.clf.decode
 
-    def failing(group: list[Prepared]) -> list[Classification]:
+    def failing(group: list[Prepared], context: int = 0) -> list[Classification]:
         if any(np.array_equal(p.tokens, poison) for p in group):
             raise ModelError("llama_decode failed with code -1")
-        return decode(group)
+        return decode(group, context)
 
     loop.clf.decode = failing  # type: ignore[method-assign]
     texts = [r["text"] for r in banking[:6]]
@@ -122,7 +132,7 @@ def test_one_bad_document_fails_only_itself_not_what_it_shared_a_decode_with(
 def test_callers_never_wait_on_a_decode_thread_that_died(spec: ModelSpec) -> None:
     loop = DecodeLoop(Classifier(spec, RuntimeOptions(n_ctx=512, n_threads=2, parallel=4)))
 
-    def dying(group: object) -> object:
+    def dying(group: object, context: int = 0) -> object:
         raise SystemExit("the decode thread is going away")
 
     loop.clf.decode = dying  # type: ignore[method-assign]
@@ -130,5 +140,6 @@ def test_callers_never_wait_on_a_decode_thread_that_died(spec: ModelSpec) -> Non
         loop.classify_many(["a", "b"])
     with pytest.raises(RetryableError):  # closed: refused, not left waiting
         loop.classify_many(["c"])
-    loop._thread.join(timeout=10)  # its end reported within this test
-    assert not loop._thread.is_alive()
+    for thread in loop._threads:  # their end reported within this test
+        thread.join(timeout=10)
+        assert not thread.is_alive()
