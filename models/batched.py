@@ -98,6 +98,7 @@ class BatchedDecoder:
         params.n_batch = params.n_ubatch = budget
         if threads is not None:
             params.n_threads = params.n_threads_batch = threads
+        self.threads = int(params.n_threads)
         self._lay_out(params)
         # llama.cpp wants room for at least one output per sequence; a decode that reads
         # hidden states asks for the last STATE_POSITIONS of each document.
@@ -121,6 +122,14 @@ class BatchedDecoder:
             self._decode()
         for seq in range(1, parallel + 1):
             llama_cpp.llama_memory_seq_cp(self._memory, 0, seq, -1, -1)
+
+    def use_threads(self, threads: int) -> None:
+        """Decode on ``threads`` llama.cpp threads from now on."""
+        import llama_cpp
+
+        if threads != self.threads:
+            llama_cpp.llama_set_n_threads(self._ctx.ctx, threads, threads)
+            self.threads = threads
 
     def _lay_out(self, params: Any) -> None:
         """One cache for the prefix and every document of a decode."""

@@ -79,19 +79,24 @@ class RuntimeOptions:
         Automatic is two wherever there are two threads to share: a decode's host work
         (packing, llama.cpp's batch split, mask and graph) runs on one thread, so a
         second context decoding beside it keeps both cores busy. Measured on 2 vCPUs:
-        twice the tiny model's rate and the same rate for SmolLM2-135M
+        1.45 times the tiny model's rate, the same rate for SmolLM2-135M
         (docs/performance.md)."""
         if self.parallel == 1:
             return 0
         if self.decode_contexts:
             return self.decode_contexts
-        return 2 if (self.n_threads or os.cpu_count() or 1) >= 2 else 1
+        return 2 if self.threads >= 2 else 1
+
+    @property
+    def threads(self) -> int:
+        """llama.cpp threads in all (unset: every core)."""
+        return self.n_threads or os.cpu_count() or 1
 
     @property
     def context_threads(self) -> int:
-        """llama.cpp threads of each batched context: an even share of ``n_threads``."""
-        threads = self.n_threads or os.cpu_count() or 1
-        return max(1, threads // max(1, self.contexts))
+        """llama.cpp threads of a batched context while every context decodes: an even
+        share of ``threads``."""
+        return max(1, self.threads // max(1, self.contexts))
 
     @classmethod
     def from_settings(cls, s: Settings) -> RuntimeOptions:
@@ -251,6 +256,9 @@ class Classifier:
         self._prefix_ready = False
         self._alone = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        # Batched decodes in flight: one alone takes every thread, two share them.
+        self._busy = 0
+        self._busy_lock = threading.Lock()
         if self._batched is None:
             self._ready_prefix()
 
@@ -336,12 +344,23 @@ class Classifier:
             raise ModelError("this model was loaded to decode one document at a time")
         start = time.perf_counter()
         inverse = self._inverse
-        logits, rows = batched.decode(
-            [p.tokens for p in group],
-            self._code_index,
-            inverse.rows if inverse else None,
-            self.state_positions,
-        )
+        with self._busy_lock:
+            self._busy += 1
+            alone = self._busy == 1
+        try:
+            # A context that decodes while no other does (a task of one decode, one
+            # caller) takes every thread, not its share.
+            options = self.options
+            batched.use_threads(options.threads if alone else options.context_threads)
+            logits, rows = batched.decode(
+                [p.tokens for p in group],
+                self._code_index,
+                inverse.rows if inverse else None,
+                self.state_positions,
+            )
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
         states = None
         if inverse is not None and rows is not None:
             states = inverse.states(rows).reshape(len(group), -1)

@@ -173,6 +173,10 @@ def test_two_batched_contexts_decode_at_once_and_give_what_one_gives(
         assert (a.prompt_tokens, a.truncated) == (b.prompt_tokens, b.truncated)
     assert set(used) == {0, 1}  # both contexts decoded
     assert len(used) == 6  # 5 decodes of up to 8 and the long one alone, as with one
+    # A decode with no other in flight takes both threads, not its share of one.
+    two.classify_many(texts[:3])
+    assert two._decoders[0].threads == 2
+    assert RuntimeOptions(n_threads=2, parallel=8).context_threads == 1
 
 
 def test_contexts_default_to_two_where_two_threads_share_them() -> None:
