@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.batched import BatchedDecoder, KvLayout, Pack, check_parallel
+from models.batched import BatchedDecoder, KvLayout, Pack, ThreadShare, check_parallel
 from models.coding import (
     ANSWER_PREFIX,
     PLAIN_TEMPLATE,
@@ -256,9 +256,8 @@ class Classifier:
         self._prefix_ready = False
         self._alone = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        # Batched decodes in flight: one alone takes every thread, two share them.
-        self._busy = 0
-        self._busy_lock = threading.Lock()
+        # Threads of the batched decodes in flight: one alone takes them all.
+        self._threads = ThreadShare(options.threads, options.context_threads)
         if self._batched is None:
             self._ready_prefix()
 
@@ -333,10 +332,14 @@ class Classifier:
         batched = self._batched
         return batched is not None and batched.fits(pack, len(item.tokens))
 
-    def decode(self, group: Sequence[Prepared], context: int = 0) -> list[Classification]:
+    def decode(
+        self, group: Sequence[Prepared], context: int = 0, alone: bool = True
+    ) -> list[Classification]:
         """One decode of ``group`` (documents that ``fits`` put together), in order, in
-        batched context number ``context``: one thread at a time per context. Each
-        result's latency is its share of the decode."""
+        batched context number ``context``: one thread at a time per context. ``alone``:
+        no other decode is expected beside it, so it takes every llama.cpp thread if
+        none is in flight (else its share). Each result's latency is its share of the
+        decode."""
         batched = self._decoders[context] if self._decoders else None
         if len(group) == 1 and (batched is None or len(group[0].tokens) > batched.longest):
             return [self._decode_alone(group[0])]
@@ -344,14 +347,8 @@ class Classifier:
             raise ModelError("this model was loaded to decode one document at a time")
         start = time.perf_counter()
         inverse = self._inverse
-        with self._busy_lock:
-            self._busy += 1
-            alone = self._busy == 1
+        batched.use_threads(self._threads.take(alone))
         try:
-            # A context that decodes while no other does (a task of one decode, one
-            # caller) takes every thread, not its share.
-            options = self.options
-            batched.use_threads(options.threads if alone else options.context_threads)
             logits, rows = batched.decode(
                 [p.tokens for p in group],
                 self._code_index,
@@ -359,8 +356,7 @@ class Classifier:
                 self.state_positions,
             )
         finally:
-            with self._busy_lock:
-                self._busy -= 1
+            self._threads.give_back()
         states = None
         if inverse is not None and rows is not None:
             states = inverse.states(rows).reshape(len(group), -1)
@@ -483,9 +479,11 @@ class Classifier:
         groups = self._groups(items)
         results: list[Classification | None] = [None] * len(items)
 
+        alone = len(groups) == 1
+
         def run(context: int, taken: _Shared) -> None:
             while (group := taken.take()) is not None:
-                decoded = self.decode([items[i] for i in group], context)
+                decoded = self.decode([items[i] for i in group], context, alone)
                 for i, result in zip(group, decoded, strict=True):
                     results[i] = result
 

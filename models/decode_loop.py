@@ -112,10 +112,12 @@ class DecodeLoop:
                     picked = self._take()
                     while self._queue and self._queue[0].taken == len(self._queue[0].items):
                         self._queue.popleft()
-                    if self._queue:
-                        # More than this decode takes: another context may start on it.
+                    # More than this decode takes: another context may start on it, and
+                    # the two share the threads; else this one may take them all.
+                    alone = not self._queue
+                    if not alone:
                         self._wake.notify()
-                self._decode(picked, context)
+                self._decode(picked, context, alone)
                 picked = []
         except BaseException as exc:
             # Nothing may wait for a thread that is gone: fail what is queued, refuse more.
@@ -129,10 +131,10 @@ class DecodeLoop:
                 self._fail(request, exc)
             raise
 
-    def _decode(self, picked: list[tuple[_Request, int]], context: int) -> None:
+    def _decode(self, picked: list[tuple[_Request, int]], context: int, alone: bool) -> None:
         items = [request.items[i] for request, i in picked]
         try:
-            results = self.clf.decode(items, context)
+            results = self.clf.decode(items, context, alone)
         except Exception as exc:
             if len(picked) == 1:
                 self._fail(picked[0][0], exc)
@@ -141,11 +143,11 @@ class DecodeLoop:
             # callers' among them): each goes again alone, and only what fails alone fails.
             for request, index in picked:
                 try:
-                    alone = self.clf.decode([request.items[index]], context)[0]
+                    one = self.clf.decode([request.items[index]], context, alone)[0]
                 except Exception as failed:
                     self._fail(request, failed)
                 else:
-                    self._done([(request, index)], [alone])
+                    self._done([(request, index)], [one])
             return
         finally:
             with self._finish:

@@ -159,9 +159,11 @@ def test_two_batched_contexts_decode_at_once_and_give_what_one_gives(
     used: list[int] = []
     decode = two.decode
 
-    def recording(group: list[Prepared], context: int = 0) -> list[Classification]:
+    def recording(
+        group: list[Prepared], context: int = 0, alone: bool = True
+    ) -> list[Classification]:
         used.append(context)
-        return decode(group, context)
+        return decode(group, context, alone)
 
     two.decode = recording  # type: ignore[method-assign]
     texts = [r["text"] for r in banking[:40]] + ["card declined " * 100, ""]

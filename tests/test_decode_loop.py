@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.batched import ThreadShare
 from models.classifier import Classification, Classifier, ModelSpec, Prepared, RuntimeOptions
 from models.decode_loop import DecodeLoop
 from models.registry import read_manifest
@@ -40,9 +41,11 @@ def test_concurrent_callers_share_decodes_and_get_their_own_results(
     used: list[int] = []
     decode = loop.clf.decode
 
-    def recording(group: list[Prepared], context: int = 0) -> list[Classification]:
+    def recording(
+        group: list[Prepared], context: int = 0, alone: bool = True
+    ) -> list[Classification]:
         used.append(context)
-        return decode(group, context)
+        return decode(group, context, alone)
 
     loop.clf.decode = recording  # type: ignore[method-assign]
     texts = [r["text"] for r in banking[:96]]
@@ -80,7 +83,7 @@ def test_a_failed_decode_fails_only_its_callers(spec: ModelSpec) -> None:
     good = loop.classify_many(["where is my card"])
     assert len(good) == 1
 
-    def broken(group: object, context: int = 0) -> object:
+    def broken(group: object, context: int = 0, alone: bool = True) -> object:
         raise ModelError("llama_decode failed with code -1")
 
     original = loop.clf.decode
@@ -99,10 +102,12 @@ def test_one_bad_document_fails_only_itself_not_what_it_shared_a_decode_with(
     poison = loop.clf.prepare("poison").tokens
     decode = loop.clf.decode
 
-    def failing(group: list[Prepared], context: int = 0) -> list[Classification]:
+    def failing(
+        group: list[Prepared], context: int = 0, alone: bool = True
+    ) -> list[Classification]:
         if any(np.array_equal(p.tokens, poison) for p in group):
             raise ModelError("llama_decode failed with code -1")
-        return decode(group, context)
+        return decode(group, context, alone)
 
     loop.clf.decode = failing  # type: ignore[method-assign]
     texts = [r["text"] for r in banking[:6]]
@@ -132,7 +137,7 @@ def test_one_bad_document_fails_only_itself_not_what_it_shared_a_decode_with(
 def test_callers_never_wait_on_a_decode_thread_that_died(spec: ModelSpec) -> None:
     loop = DecodeLoop(Classifier(spec, RuntimeOptions(n_ctx=512, n_threads=2, parallel=4)))
 
-    def dying(group: object, context: int = 0) -> object:
+    def dying(group: object, context: int = 0, alone: bool = True) -> object:
         raise SystemExit("the decode thread is going away")
 
     loop.clf.decode = dying  # type: ignore[method-assign]
@@ -143,3 +148,27 @@ def test_callers_never_wait_on_a_decode_thread_that_died(spec: ModelSpec) -> Non
     for thread in loop._threads:  # their end reported within this test
         thread.join(timeout=10)
         assert not thread.is_alive()
+
+
+def test_a_decode_alone_takes_every_thread_and_the_next_waits_for_it() -> None:
+    share = ThreadShare(total=4, share=2)
+    assert share.take(alone=False) == 2  # may run beside another: its share
+    assert share.take(alone=True) == 2  # one is in flight: its share, at once
+    share.give_back()
+    share.give_back()
+    assert share.take(alone=True) == 4  # none in flight: every thread
+    started = threading.Event()
+    got: list[int] = []
+
+    def second() -> None:
+        got.append(share.take(alone=False))
+        started.set()
+
+    waiting = threading.Thread(target=second)
+    waiting.start()
+    # Never more threads than there are: the second waits for the first to finish.
+    assert not started.wait(0.3)
+    share.give_back()
+    assert started.wait(10)
+    waiting.join()
+    assert got == [2]
