@@ -79,7 +79,7 @@ class RuntimeOptions:
         Automatic is two wherever there are two threads to share: a decode's host work
         (packing, llama.cpp's batch split, mask and graph) runs on one thread, so a
         second context decoding beside it keeps both cores busy. Measured on 2 vCPUs:
-        1.45 times the tiny model's rate, the same rate for SmolLM2-135M
+        1.43 to 1.75 times the tiny model's rate, the same rate for SmolLM2-135M
         (docs/performance.md)."""
         if self.parallel == 1:
             return 0
@@ -347,8 +347,9 @@ class Classifier:
             raise ModelError("this model was loaded to decode one document at a time")
         start = time.perf_counter()
         inverse = self._inverse
-        batched.use_threads(self._threads.take(alone))
+        threads = self._threads.take(alone)
         try:
+            batched.use_threads(threads)
             logits, rows = batched.decode(
                 [p.tokens for p in group],
                 self._code_index,
