@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -73,12 +74,13 @@ def check_parallel(parallel: int) -> None:
 
 
 class ThreadShare:
-    """llama.cpp threads for decodes in several contexts at once, never more than
-    ``total`` in flight: a decode expected to run alone takes every thread, and decodes
-    that may run beside others take ``share`` each. A decode that took every thread
-    makes the next wait for it: two contexts that each spin up every core's thread
-    (llama.cpp's CPU threads wait at their barriers by spinning) slowed the real model to
-    0.84x one context on 2 vCPUs."""
+    """llama.cpp threads for decodes in several contexts at once: a decode expected to
+    run alone takes every thread (``total``), and decodes that may run beside others take
+    ``share`` each, so that decodes in flight use at most ``total`` threads while there
+    are no more contexts than threads. A decode that took every thread makes the next
+    wait for it: two contexts that each spin up every core's thread (llama.cpp's CPU
+    threads wait at their barriers by spinning) slowed the real model to 0.84x one
+    context on 2 vCPUs."""
 
     def __init__(self, total: int, share: int) -> None:
         self.total = total
@@ -99,11 +101,20 @@ class ThreadShare:
             return self.share
 
     def give_back(self) -> None:
-        """The decode that last took threads on this thread is done."""
+        """A decode that took threads is done."""
         with self._change:
             self._busy -= 1
             self._all_taken = False
             self._change.notify_all()
+
+    @contextmanager
+    def held(self, alone: bool) -> Iterator[int]:
+        """``take`` for the length of a ``with`` block, then ``give_back``."""
+        threads = self.take(alone)
+        try:
+            yield threads
+        finally:
+            self.give_back()
 
 
 class BatchedDecoder:
@@ -133,7 +144,7 @@ class BatchedDecoder:
         params.n_batch = params.n_ubatch = budget
         if threads is not None:
             params.n_threads = params.n_threads_batch = threads
-        self.threads = int(params.n_threads)
+        self.threads = int(params.n_threads_batch)
         self._lay_out(params)
         # llama.cpp wants room for at least one output per sequence; a decode that reads
         # hidden states asks for the last STATE_POSITIONS of each document.

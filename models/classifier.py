@@ -256,8 +256,9 @@ class Classifier:
         self._prefix_ready = False
         self._alone = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        # Threads of the batched decodes in flight: one alone takes them all.
+        # Threads of the decodes in flight: one alone takes them all.
         self._threads = ThreadShare(options.threads, options.context_threads)
+        self._alone_threads = options.threads
         if self._batched is None:
             self._ready_prefix()
 
@@ -345,10 +346,9 @@ class Classifier:
             return [self._decode_alone(group[0])]
         if batched is None:
             raise ModelError("this model was loaded to decode one document at a time")
-        start = time.perf_counter()
         inverse = self._inverse
-        threads = self._threads.take(alone)
-        try:
+        with self._threads.held(alone) as threads:
+            start = time.perf_counter()
             batched.use_threads(threads)
             logits, rows = batched.decode(
                 [p.tokens for p in group],
@@ -356,8 +356,6 @@ class Classifier:
                 inverse.rows if inverse else None,
                 self.state_positions,
             )
-        finally:
-            self._threads.give_back()
         states = None
         if inverse is not None and rows is not None:
             states = inverse.states(rows).reshape(len(group), -1)
@@ -403,14 +401,23 @@ class Classifier:
         ]
 
     def _decode_alone(self, item: Prepared) -> Classification:
-        with self._alone:
-            return self._decode_each([item])[0]
+        return self._decode_each([item])[0]
 
     def _decode_each(self, items: Sequence[Prepared]) -> list[Classification]:
         """Each of ``items`` decoded alone, one after another. The host's share (hidden
         states and their familiarity) is done once for all of them: per document, its
         products read the output inverse and the bank from memory for one row, which cost
-        almost 10 % of a document's time on the CPU."""
+        almost 10 % of a document's time on the CPU. One caller at a time, and never
+        beside batched decodes that hold the threads (``ThreadShare``)."""
+        with self._alone, self._threads.held(alone=True) as threads:
+            if threads != self._alone_threads:
+                import llama_cpp
+
+                llama_cpp.llama_set_n_threads(self._llm.ctx, threads, threads)
+                self._alone_threads = threads
+            return self._decode_each_held(items)
+
+    def _decode_each_held(self, items: Sequence[Prepared]) -> list[Classification]:
         from llama_cpp import llama_get_logits_ith
 
         self._ready_prefix()
@@ -474,8 +481,7 @@ class Classifier:
         ``parallel > 1``, in every batched context at once, else one by one. One caller
         at a time (``models.decode_loop`` serves many)."""
         if self._batched is None:
-            with self._alone:
-                return self._decode_each([self.prepare(text) for text in texts])
+            return self._decode_each([self.prepare(text) for text in texts])
         items = self._prepare_all(texts)
         groups = self._groups(items)
         results: list[Classification | None] = [None] * len(items)

@@ -78,9 +78,10 @@ def score(
     flags: list[bool] = []
     scored = True
     started = time.perf_counter()
-    # Chunks of ``parallel`` so that a model loaded for batched decoding (a GPU) is
-    # evaluated the way its workers serve it; with parallel 1 this is one at a time.
-    step = max(1, clf.options.parallel)
+    # Chunks of one decode per batched context, so that a model loaded for batched
+    # decoding (a GPU) is evaluated the way its workers serve it; with parallel 1 this is
+    # one at a time.
+    step = max(1, clf.options.parallel) * max(1, clf.contexts)
     texts = [text for text, _ in examples]
     for start in range(0, len(texts), step):
         results = clf.classify_many(texts[start : start + step])

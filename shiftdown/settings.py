@@ -100,9 +100,9 @@ class Settings(BaseSettings):
         ge=0,
         le=16,
         description="llama.cpp contexts over the one loaded model that batched decodes "
-        "(parallel > 1) run in, each on its own thread (sharing n_threads while several "
-        "decode, all of them alone), so one decode's host work (tokens, batch, mask, graph) "
-        "overlaps another's compute "
+        "(parallel > 1) run in, each on its own thread (a share of n_threads while several "
+        "decode, every thread for a decode alone), so one decode's host work (tokens, "
+        "batch, mask, graph) overlaps another's compute "
         "(0: 2 where there are two threads or more, else 1; 1: one context, one decode at "
         "a time). Each holds its own KV cache and output buffer.",
     )

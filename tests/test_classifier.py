@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -103,13 +104,14 @@ def test_documents_decoded_together_get_the_distributions_they_get_alone(
     after = [batched.classify_many([other, texts[2]])[1] for other in (texts[0], texts[3])]
     assert len(single.document_tokens(texts[0])[0]) == len(single.document_tokens(texts[3])[0])
     np.testing.assert_array_equal(after[0].logits, after[1].logits)
-    # An evaluation decodes the way the model was loaded: ``parallel`` at a time.
+    # An evaluation decodes the way the model was loaded: ``parallel`` at a time, in
+    # each of its contexts.
     from models.scores import score
 
     seen: list[int] = []
     scored = score(batched, [(t, labels[0]) for t in texts], seen.append)
     assert scored.predicted == [a.label for a in together]
-    assert seen == [8, 8, 6]
+    assert seen == [16, 6]  # a decode of 8 for each of its two contexts per call
 
 
 def test_documents_decoded_in_their_own_kv_streams_get_what_they_get_alone(
@@ -178,6 +180,16 @@ def test_two_batched_contexts_decode_at_once_and_give_what_one_gives(
     # A decode with no other in flight takes both threads, not its share of one.
     two.classify_many(texts[:3])
     assert two._decoders[0].threads == 2
+    # A document decoded alone (too long for a batch) waits for a batched decode that
+    # holds every thread, rather than spin up threads beside it.
+    two._threads.take(alone=True)
+    done = threading.Event()
+    waiting = threading.Thread(target=lambda: (two.classify(texts[40]), done.set()))
+    waiting.start()
+    assert not done.wait(0.5)
+    two._threads.give_back()
+    assert done.wait(60)
+    waiting.join()
     assert RuntimeOptions(n_threads=2, parallel=8).context_threads == 1
 
 
