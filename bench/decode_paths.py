@@ -26,7 +26,7 @@ import numpy as np
 from bench.queries import banking_labelled
 from bench.stack import ROOT
 from bench.table import print_table
-from bench.throughput import LAYOUT_SUFFIX, contexts_suffix
+from bench.throughput import way_suffix
 from models.classifier import Classifier, ModelSpec, RuntimeOptions
 from models.registry import load_model_dir
 
@@ -73,7 +73,7 @@ def main() -> None:
             labels = [r.label for r in out]
             logits = np.stack([r.logits for r in out])
             first = first or (labels, logits)
-            name = f"classify_many{LAYOUT_SUFFIX[layout]}{contexts_suffix(contexts)}"
+            name = f"classify_many{way_suffix(layout, contexts)}"
             results[name] = {
                 "contexts": clf.contexts,
                 "accuracy": sum(p == g for p, (_, g) in zip(labels, docs, strict=True)) / len(docs),

@@ -47,11 +47,11 @@ from bench.queries import banking_queries
 from bench.stack import ROOT
 from bench.table import print_lines
 from bench.throughput import (
-    LAYOUT_SUFFIX,
     contexts_suffix,
     line_classify,
     line_classify_many,
     line_pipeline,
+    way_suffix,
 )
 from bench.tiny_model import write_tiny_gguf
 from models.classifier import Classifier, ModelSpec, RuntimeOptions
@@ -71,7 +71,7 @@ def measure(args: argparse.Namespace, model: Path) -> dict[str, dict[str, Any]]:
         print(f"{name}: {line['docs_per_s']:.0f} docs/s", file=sys.stderr, flush=True)
 
     ways = {
-        LAYOUT_SUFFIX[layout] + contexts_suffix(contexts): RuntimeOptions(
+        way_suffix(layout, contexts): RuntimeOptions(
             n_threads=args.threads_llama,
             n_gpu_layers=args.gpu_layers,
             parallel=args.parallel,

@@ -59,6 +59,11 @@ def contexts_suffix(contexts: int) -> str:
     return f"_contexts{contexts}" if contexts else ""
 
 
+def way_suffix(layout: str, contexts: int) -> str:
+    """Line name suffix for a KV layout and a number of batched contexts."""
+    return LAYOUT_SUFFIX[layout] + contexts_suffix(contexts)
+
+
 def parse_contexts(value: str) -> list[int]:
     """``--contexts``: a comma-separated list of context counts, 0 for automatic."""
     return [int(n) for n in value.split(",")]
@@ -340,7 +345,7 @@ def main() -> None:
         del as_trained
     ways = [(layout, n) for layout in args.kv_layout for n in args.contexts]
     for layout, contexts in ways:
-        suffix = LAYOUT_SUFFIX[layout] + contexts_suffix(contexts)
+        suffix = way_suffix(layout, contexts)
         for parallel in (n for n in args.parallel if n > 1):
             del clf
             options = replace(
@@ -364,7 +369,7 @@ def main() -> None:
                 args.pool,
                 args.task_size,
             )
-            record(f"pipeline{LAYOUT_SUFFIX[layout]}{contexts_suffix(contexts)}", line)
+            record(f"pipeline{way_suffix(layout, contexts)}", line)
         if args.scale:
             record(
                 "pipeline_2_processes",

@@ -73,6 +73,14 @@ def check_parallel(parallel: int) -> None:
         )
 
 
+def set_threads(ctx: Any, threads: int) -> None:
+    """Decode in llama.cpp context ``ctx`` on ``threads`` threads from its next decode on
+    (a plain setter in llama.cpp, cheap enough to call before every decode)."""
+    import llama_cpp
+
+    llama_cpp.llama_set_n_threads(ctx, threads, threads)
+
+
 class ThreadShare:
     """llama.cpp threads for decodes in several contexts at once: a decode expected to
     run alone takes every thread (``total``), and decodes that may run beside others take
@@ -171,11 +179,8 @@ class BatchedDecoder:
 
     def use_threads(self, threads: int) -> None:
         """Decode on ``threads`` llama.cpp threads from now on."""
-        import llama_cpp
-
-        if threads != self.threads:
-            llama_cpp.llama_set_n_threads(self._ctx.ctx, threads, threads)
-            self.threads = threads
+        set_threads(self._ctx.ctx, threads)
+        self.threads = threads
 
     def _lay_out(self, params: Any) -> None:
         """One cache for the prefix and every document of a decode."""

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.batched import BatchedDecoder, KvLayout, Pack, ThreadShare, check_parallel
+from models.batched import (
+    BatchedDecoder,
+    KvLayout,
+    Pack,
+    ThreadShare,
+    check_parallel,
+    set_threads,
+)
 from models.coding import (
     ANSWER_PREFIX,
     PLAIN_TEMPLATE,
@@ -258,7 +265,6 @@ class Classifier:
         self._pool: ThreadPoolExecutor | None = None
         # Threads of the decodes in flight: one alone takes them all.
         self._threads = ThreadShare(options.threads, options.context_threads)
-        self._alone_threads = options.threads
         if self._batched is None:
             self._ready_prefix()
 
@@ -410,11 +416,7 @@ class Classifier:
         almost 10 % of a document's time on the CPU. One caller at a time, and never
         beside batched decodes that hold the threads (``ThreadShare``)."""
         with self._alone, self._threads.held(alone=True) as threads:
-            if threads != self._alone_threads:
-                import llama_cpp
-
-                llama_cpp.llama_set_n_threads(self._llm.ctx, threads, threads)
-                self._alone_threads = threads
+            set_threads(self._llm.ctx, threads)
             return self._decode_each_held(items)
 
     def _decode_each_held(self, items: Sequence[Prepared]) -> list[Classification]:
@@ -485,7 +487,6 @@ class Classifier:
         items = self._prepare_all(texts)
         groups = self._groups(items)
         results: list[Classification | None] = [None] * len(items)
-
         alone = len(groups) == 1
 
         def run(context: int, taken: _Shared) -> None:
@@ -497,7 +498,7 @@ class Classifier:
         # The same groups whatever the number of contexts, so the same results: each
         # context takes the next group when its decode is done.
         taken = _Shared(groups)
-        if self.contexts == 1 or len(groups) == 1:
+        if self.contexts == 1 or alone:
             run(0, taken)
         else:
             self._on_contexts(lambda context: run(context, taken))
