@@ -338,3 +338,20 @@ def test_run_out_writes_the_labels(
     for row in rows:
         assert row["label"] in labels and row["stage"] in ("slm", "frontier")
         assert (float(row["frontier_cost_usd"]) > 0) == (row["stage"] == "frontier")
+
+
+def test_rows_as_dicts_hold_every_field_in_order() -> None:
+    """The shallow copies that replaced ``dataclasses.asdict`` on the per-document paths
+    (the SLM store, the results stream) give what it gave: every field, in order."""
+    from dataclasses import asdict
+
+    from shiftdown.results import ResultRow
+    from workers.store import PredictionRow
+
+    result = ResultRow(7, 1, "x-7", "classified", "card_arrival", "slm", 0.9, 0.0, None, {"a": 1})
+    assert result.as_dict() == asdict(result) and list(result.as_dict()) == list(FIELDS)
+    prediction = PredictionRow(
+        7, 1, Stage.SLM, "card_arrival", 0.9, "m", 12.5, 30, distribution={"card_arrival": 0.9}
+    )
+    row = prediction.as_row()
+    assert row == asdict(prediction) and list(row) == list(asdict(prediction))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -44,8 +44,12 @@ class PredictionRow:
     unfamiliar: bool | None = None
 
     def as_row(self) -> dict[str, Any]:
-        """The row as the insert takes it."""
-        return asdict(self)
+        """The row as the insert takes it.
+
+        A shallow copy: ``dataclasses.asdict`` deep-copies the distribution too, and cost
+        20 us a row, an eighth of a threads-pool worker's time holding the GIL per
+        document (py-spy --gil, tiny model's pipeline)."""
+        return dict(vars(self))
 
 
 def insert_predictions(session: Session, rows: Sequence[PredictionRow]) -> None:
