@@ -37,6 +37,7 @@ from shiftdown.schema import (
     Stage,
     Task,
     as_utc,
+    state_in,
     utcnow,
 )
 from shiftdown.settings import get_settings
@@ -364,7 +365,7 @@ def take_lease(session: Session, document_id: int, audit: bool) -> bool:
         update(Document)
         .where(
             Document.id == document_id,
-            Document.state.in_(states),
+            state_in(states),
             or_(Document.frontier_lease_until.is_(None), Document.frontier_lease_until < now),
         )
         .values(frontier_lease_until=now + timedelta(seconds=lease_s()))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from sqlalchemy import select, update
 
 from shiftdown.db import session_scope
-from shiftdown.schema import DocState, Document
+from shiftdown.schema import DocState, Document, state_in
 from shiftdown.settings import get_settings
 from workers.app import TASK_FRONTIER, dispatch
 from workers.frontier_breaker import UNAVAILABLE
@@ -58,7 +58,7 @@ def resend(ids: list[int], from_states: Sequence[str] = (DocState.AWAITING_FRONT
         moved = list(
             session.scalars(
                 update(Document)
-                .where(Document.id.in_(ids), Document.state.in_(list(from_states)))
+                .where(Document.id.in_(ids), state_in(from_states))
                 .values(state=DocState.ESCALATED, error=None)
                 .returning(Document.id)
                 .execution_options(synchronize_session=False)

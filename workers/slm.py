@@ -36,6 +36,7 @@ from shiftdown.schema import (
     Run,
     Stage,
     Task,
+    state_in,
 )
 from shiftdown.settings import get_settings
 from shiftdown.taxonomy import NONE_LABEL, Taxonomy
@@ -110,7 +111,7 @@ def _load(ids: list[int]) -> list[_Work]:
     with session_scope() as session:
         docs = session.execute(
             select(Document.id, Document.text, Document.run_id)
-            .where(Document.id.in_(ids), Document.state == DocState.QUEUED)
+            .where(Document.id.in_(ids), state_in([DocState.QUEUED]))
             .order_by(Document.run_id, Document.id)
         ).all()
         if not docs:
@@ -270,7 +271,7 @@ def _send_follow_ups(ids: list[int]) -> None:
                 select(Document.id)
                 .where(
                     Document.id.in_(ids),
-                    Document.state == DocState.ESCALATED,
+                    state_in([DocState.ESCALATED]),
                     Document.id.not_in(answered),
                 )
                 .order_by(Document.id)
@@ -286,7 +287,7 @@ def _send_follow_ups(ids: list[int]) -> None:
                 session.scalars(
                     select(Document.id).where(
                         Document.id.in_(sampled),
-                        Document.state == DocState.CLASSIFIED,
+                        state_in([DocState.CLASSIFIED]),
                         Document.final_stage == Stage.SLM,
                         Document.id.not_in(audited_),
                     )
