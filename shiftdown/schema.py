@@ -200,8 +200,8 @@ def state_in(states: Iterable[str]) -> ColumnElement[bool]:
     submitted, or never), the planner read the whole backlog through that index and
     hash-joined it to a task's ids, on every task, and each task cost more the deeper
     the queue. Looked up by id through the primary key, a task costs the same whatever
-    the backlog. The reconciliation sweep, which wants that index, tests the column
-    itself."""
+    the backlog. The reconciliation sweep's search for unsettled documents, which wants
+    that index, tests the column itself."""
     return func.coalesce(Document.state, "").in_([str(state) for state in states])
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shiftdown.db import session_scope
-from shiftdown.schema import DocState, Document, Run, Task, utcnow
+from shiftdown.schema import DocState, Document, Run, Task, state_in, utcnow
 from shiftdown.settings import get_settings
 from workers.app import TASK_FRONTIER, TASK_SLM, app, dispatch
 from workers.broker import in_flight
@@ -123,7 +123,7 @@ def sweep() -> Requeued:
         if seen and (result.requeued_slm or result.requeued_frontier):
             session.execute(
                 update(Document)
-                .where(Document.id.in_(seen), Document.state.in_(UNSETTLED))
+                .where(Document.id.in_(seen), state_in(UNSETTLED))
                 .values(updated_at=utcnow())
                 .execution_options(synchronize_session=False)
             )
