@@ -25,6 +25,15 @@ class _Httpd(ThreadingHTTPServer):
     request_queue_size = 256
 
 
+MAINTENANCE_PAGE = "<html><body><h1>Down for maintenance</h1>Back soon.</body></html>"
+INVALID_KEY = {
+    "error": {
+        "message": "Incorrect API key provided.",
+        "type": "invalid_request_error",
+        "code": "invalid_api_key",
+    }
+}
+
 Answer = Callable[[dict[str, Any]], tuple[int, dict[str, Any] | str, dict[str, str]]]
 
 
@@ -51,6 +60,11 @@ class ScriptedServer:
     # An outage: chat completions received before this time.monotonic() are answered
     # 503, as a provider that is down answers them.
     down_until: float = 0.0
+    # A proxy's maintenance page: chat completions received before this time are
+    # answered 200 with an HTML page instead of a completion.
+    maintenance_until: float = 0.0
+    # A revoked key: chat completions received before this time are answered 401.
+    refuse_key_until: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     batch: BatchApi | None = None
     _httpd: _Httpd | None = None
@@ -128,8 +142,15 @@ class ScriptedServer:
                     self._send(200, api.create(body), {})
                     return
                 server.requests.append(body)
-                if time.monotonic() < server.down_until:
+                now = time.monotonic()
+                if now < server.down_until:
                     self._send(503, {"error": {"message": "service unavailable"}}, {})
+                    return
+                if now < server.maintenance_until:
+                    self._send(200, MAINTENANCE_PAGE, {}, "text/html")
+                    return
+                if now < server.refuse_key_until:
+                    self._send(401, INVALID_KEY, {})
                     return
                 answer = server.script.pop(0) if server.script else server.default_answer
                 status, payload, headers = answer(body)

@@ -238,6 +238,16 @@ class Classifier:
         self._n_vocab = int(self._llm.n_vocab())
         # The familiarity score reads each document's hidden state back from its logits.
         self.hidden_states = self.familiarity is not None
+        if self.familiarity is not None and self._inverse is not None:
+            # Found here, not on every decode: a mismatch there failed each batch and then
+            # each document of it one at a time.
+            width = self._inverse.width * self.familiarity.positions
+            if self.familiarity.dim != width:
+                raise ModelError(
+                    f"the familiarity file of {spec.gguf_path} was fitted on states of width "
+                    f"{self.familiarity.dim}, this model gives {width}: fit it again for this "
+                    "model (shiftdown familiarity fit)"
+                )
         self._max_doc_tokens = options.n_ctx - len(self._prefix) - len(self._suffix)
         if self._max_doc_tokens < 16:
             raise ModelError(

@@ -72,6 +72,10 @@ def ledoit_wolf(centered: Floats) -> Floats:
     return result
 
 
+# Rows scored at a time (a knn chunk's similarities: 256 x 20,000 float32, 20 MB).
+SCORE_CHUNK = 256
+
+
 @dataclass(frozen=True)
 class Familiarity:
     """A fitted unfamiliarity score and its threshold (above it: unfamiliar)."""
@@ -108,12 +112,22 @@ class Familiarity:
                 f"this model gives {z.shape[-1]}: fit it again for this model"
             )
         z = normalised(z, self.positions)
+        # In chunks of rows: a held-out set scored against a bank of 20,000 states would
+        # otherwise hold a (documents x bank) matrix at once.
+        out = np.empty(len(z), dtype=np.float64)
+        for start in range(0, len(z), SCORE_CHUNK):
+            out[start : start + SCORE_CHUNK] = self._scores(z[start : start + SCORE_CHUNK])
+        return out
+
+    def _scores(self, z: npt.NDArray[np.float32]) -> Floats:
         if self.method == "knn":
             assert self.bank is not None
             sims = z @ self.bank.T
-            k = min(self.k, sims.shape[1])
-            kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
-            return np.asarray(1.0 - kth, dtype=np.float64)
+            n = sims.shape[1]
+            k = min(self.k, n)
+            # The k-th most similar, partitioned in place (no negated copy).
+            sims.partition(n - k, axis=1)
+            return np.asarray(1.0 - sims[:, n - k], dtype=np.float64)
         assert self.whitening is not None and self.means is not None
         w = z @ self.whitening
         # Squared distances to every mean, without a (documents x means x dim) array.
@@ -170,7 +184,7 @@ class Familiarity:
             raise ModelError(f"unreadable familiarity file {path}: {exc}") from exc
 
 
-def _sampled(n: int, limit: int, seed: int) -> npt.NDArray[np.intp]:
+def sampled(n: int, limit: int, seed: int) -> npt.NDArray[np.intp]:
     """Indices of at most ``limit`` of ``n`` rows, a seeded uniform sample in order."""
     if n <= limit:
         return np.arange(n)
@@ -249,7 +263,7 @@ def fit(
             f"score (at least {least})"
         )
     if method == "knn":
-        keep = _sampled(len(states), MAX_BANK, seed)
+        keep = sampled(len(states), MAX_BANK, seed)
         states, train_labels = states[keep], [train_labels[i] for i in keep]
     held = None if heldout_states is None else np.asarray(heldout_states, dtype=np.float32)
     score = _unfitted(method, states, train_labels, k, positions)

@@ -21,11 +21,14 @@ from models.familiarity import (
     DEFAULT_FALSE_FLAG_RATE,
     DEFAULT_METHOD,
     FAMILIARITY_FILE,
+    MAX_BANK,
     Familiarity,
     Method,
     fit,
+    sampled,
 )
 from models.finetune_manifest import file_sha256
+from models.hidden_state import every_blas_thread
 from models.registry import load_model_dir
 from shiftdown.errors import ModelError
 from shiftdown.manifest import FamiliarityRef, ModelManifest
@@ -80,18 +83,24 @@ def fit_model_dir(
     and name it in the manifest. Returns the manifest's entry."""
     if not train:
         raise ModelError("no training documents to fit a familiarity score on")
+    if method == "knn" and len(train) > MAX_BANK:
+        # The bank keeps a seeded sample: drawn before decoding, the same one ``fit``
+        # would keep afterwards, so the rest are never decoded.
+        train = [train[i] for i in sampled(len(train), MAX_BANK, 0)]
     clf = unscored_classifier(model_dir, options)
     started = time.perf_counter()
     train_states = hidden_states(clf, [t for t, _ in train], on_progress)
     held_states = hidden_states(clf, [t for t, _ in heldout], on_progress) if heldout else None
-    score = fit(
-        method,
-        train_states,
-        [label for _, label in train],
-        held_states,
-        false_flag_rate,
-        positions=clf.state_positions,
-    )
+    # The decoding is done: the fit's products may use every core again.
+    with every_blas_thread():
+        score = fit(
+            method,
+            train_states,
+            [label for _, label in train],
+            held_states,
+            false_flag_rate,
+            positions=clf.state_positions,
+        )
     return store(model_dir, score, time.perf_counter() - started)
 
 

@@ -343,3 +343,21 @@ class TeacherExample(Base):
     source: Mapped[str] = mapped_column(String(16))
     frontier_call_id: Mapped[int | None] = mapped_column(ForeignKey("frontier_calls.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FrontierRecovery(Base):
+    """Where the recovery pass after a frontier outage stands (``workers.frontier_recovery``),
+    one row shared by every worker, whose passes take turns under an advisory lock."""
+
+    __tablename__ = "frontier_recovery"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The parked document last sent to learn whether the frontier answers again.
+    probe_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The id range of the last chunk of parked documents sent once it answered.
+    chunk_from: Mapped[int | None] = mapped_column(BigInteger)
+    chunk_to: Mapped[int | None] = mapped_column(BigInteger)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )

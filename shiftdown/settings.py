@@ -247,6 +247,21 @@ class Settings(BaseSettings):
     frontier_task_retries: int = Field(
         default=5, ge=0, description="Celery retries of a frontier task after retryable errors."
     )
+    frontier_document_failures: int = Field(
+        default=8,
+        ge=1,
+        description="Calls of one document that find the frontier unavailable while it "
+        "answers other documents, after which that document ends frontier_failed with the "
+        "reason (a request the endpoint keeps failing with a 5xx or a timeout) instead of "
+        "waiting for the frontier again.",
+    )
+    frontier_recover_chunk: int = Field(
+        default=1000,
+        ge=1,
+        description="Parked documents the recovery pass sends at a time once the frontier "
+        "answers again; the next chunk goes when this one has settled, and none while its "
+        "documents are being parked again (a new outage).",
+    )
     frontier_breaker_failures: int = Field(
         default=5,
         ge=1,
@@ -263,9 +278,9 @@ class Settings(BaseSettings):
     frontier_recover_interval_s: float = Field(
         default=30.0,
         ge=0,
-        description="How often each worker looks for documents parked by a frontier outage "
-        "and, once a probe document is answered, sends them again (Postgres only; 0: off, "
-        "`shiftdown escalate` sends them).",
+        description="How often the recovery pass looks for documents parked by a frontier "
+        "outage and, once a probe document is answered, sends them again (one pass at a time "
+        "across every worker; Postgres only; 0: off, `shiftdown escalate` sends them).",
     )
     frontier_retry_base_s: float = Field(
         default=2.0,

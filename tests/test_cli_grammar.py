@@ -27,7 +27,7 @@ DIFFERENT_DEFAULTS = {
     "--format": "input format in run and submit, output format in report and results",
     "--port": "each server has its own port",
 }
-DESTRUCTIVE = {("db", "downgrade")}
+DESTRUCTIVE = {("db", "downgrade"), ("escalate",)}
 
 
 def commands(

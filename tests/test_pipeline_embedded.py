@@ -363,7 +363,7 @@ def _labels_by_text() -> dict[str, tuple[str, str]]:
     return {texts[ext]: value for ext, value in final_labels(1).items()}
 
 
-def test_an_outage_parks_escalations_and_escalate_sends_them_and_failed_ones(
+def test_an_outage_parks_escalations_and_escalate_sends_them_and_refused_ones_when_asked(
     use_settings: Callable[..., None],
     sqlite_url: str,
     docs: Path,
@@ -405,7 +405,9 @@ def test_an_outage_parks_escalations_and_escalate_sends_them_and_failed_ones(
     frontier.reset_client()
     assert "35 document(s)" in _run(["escalate", "--no-failed"]).output
     assert counts(1)["states"] == {DocState.CLASSIFIED: 35, DocState.FRONTIER_FAILED: 5}
-    assert "5 document(s)" in _run(["escalate"]).output
+    # Refused documents fail the same way again, and are billed again: only when asked.
+    assert "0 document(s)" in _run(["escalate"]).output
+    assert "5 document(s)" in _run(["escalate", "--refused", "--all", "--yes"]).output
     c = counts(1)
     assert c["states"] == {DocState.CLASSIFIED: 40}
     assert c["stages"] == {"slm": 40, "frontier": 40} and c["frontier_calls"] == 43

@@ -13,6 +13,7 @@ malformed or outside the taxonomy through every retry, end a document
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from datetime import timedelta
@@ -144,6 +145,40 @@ def attempts_made(session: Session, document_id: int) -> int:
     )
 
 
+# The error of a document the frontier kept failing while it answered others.
+FAILED_ALONE = "frontier unavailable for this document alone"
+
+
+def failures_alone(session: Session, document_id: int, window: int = 64) -> int:
+    """The document's failed calls (of its last ``window``) after each of which some
+    other document had been answered since its call before: failures of this request,
+    not of the frontier. Its first call counts for nothing (no call before it)."""
+    calls = session.execute(
+        select(FrontierCall.id, FrontierCall.status)
+        .where(FrontierCall.document_id == document_id)
+        .order_by(FrontierCall.id.desc())
+        .limit(window)
+    ).all()[::-1]
+    n = 0
+    for (before, _), (call_id, status) in itertools.pairwise(calls):
+        if status == OK:
+            continue
+        # The primary key orders the calls as they were recorded: an id range reads
+        # only the calls in between (their first answer ends the scan).
+        answered = session.scalar(
+            select(FrontierCall.id)
+            .where(
+                FrontierCall.id > before,
+                FrontierCall.id < call_id,
+                FrontierCall.status == OK,
+                FrontierCall.document_id != document_id,
+            )
+            .limit(1)
+        )
+        n += answered is not None
+    return n
+
+
 def record_outcome(
     session: Session,
     document_id: int,
@@ -198,8 +233,21 @@ def record_outcome(
             error=None,
         ):
             results_stream.owe(session, [(document_id, run_id)])
+    elif final and not audit and result.unavailable and not result.credentials:
+        session.flush()
+        alone = failures_alone(session, document_id)
+        if alone >= get_settings().frontier_document_failures:
+            # The frontier answers others but keeps failing this request: it is this
+            # document's, and waiting would only send it again and again.
+            error = f"{FAILED_ALONE} ({alone} calls): {result.error}"[:500]
+            if move_documents(
+                session, [document_id], WAITING, state=DocState.FRONTIER_FAILED, error=error
+            ):
+                results_stream.owe(session, [(document_id, run_id)])
+        else:
+            # An outage is not the document's fault: it waits for the frontier.
+            park(session, document_id, f"{UNAVAILABLE}: {result.error}"[:500])
     elif final and not audit and result.unavailable:
-        # An outage is not the document's fault: it waits for the frontier to come back.
         park(session, document_id, f"{UNAVAILABLE}: {result.error}"[:500])
     elif (
         final
@@ -272,7 +320,8 @@ def candidates_for(
     """The SLM's top labels this document's request offers, or None (the whole
     taxonomy): narrowing off, a taxonomy that has a label of the reserved name, or no
     stored distribution holding enough labels, or a narrowed answer already declined,
-    or (open set) none among the SLM's top outcomes: only the whole taxonomy offers it."""
+    or a document the SLM found unfamiliar, or (open set) none among the SLM's top
+    outcomes: only the whole taxonomy offers it."""
     version = session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
     policy = stored_policy(version.read_manifest()) if version else None
     k = offered_k(policy, get_settings().frontier_top_k)
@@ -287,7 +336,16 @@ def candidates_for(
     )
     if declined_before is not None:
         return None  # a retry after "none of these": straight to the whole taxonomy
-    found = stored_candidates(session, doc.id, k)
+    slm = session.execute(
+        select(Prediction.distribution, Prediction.unfamiliar).where(
+            Prediction.document_id == doc.id, Prediction.stage == Stage.SLM
+        )
+    ).one_or_none()
+    if slm is None or slm.unfamiliar:
+        # Unlike anything the SLM was trained on: its top labels are the view in doubt,
+        # and offering only them invites "none of these" and a second paid call.
+        return None
+    found = top_candidates(slm.distribution, k)
     if found is not None and taxonomy.open_set and NONE_LABEL in found:
         return None
     return found
@@ -390,53 +448,82 @@ def process_document(
     """Label one escalated (or, with ``audit``, one kept) document: the attempt's result
     and whether it settled the document (an answer, a failure, or parked to wait for the
     frontier); None when there was nothing to do (or it was parked without a call)."""
-    s = get_settings()
-    with session_scope() as session:
-        doc = _pending(session, document_id, audit)
-        if doc is None:
-            return None
-        capped = over_budget(session, doc.run_id)
-        if not s.frontier_configured or capped:
-            if not audit:
-                park(session, document_id, capped)
-            return None
-        breaker = get_breaker()
-        if not breaker.allow():
-            # The frontier is down: no call, the document waits (an audit is skipped).
-            if not audit:
-                park(session, document_id, breaker.reason())
-            return None
-        if not take_lease(session, document_id, audit):
-            breaker.released()
-            raise LeaseHeld(document_id, lease_left_s(session, document_id))
-        run = session.get_one(Run, doc.run_id)
-        taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
-        # Audits ask the whole taxonomy: they measure the SLM, so they must not lean on it.
-        candidates = None if audit else candidates_for(session, doc, run, taxonomy)
-        text, run_id = doc.text, doc.run_id
+    breaker = get_breaker()
+    # Once the breaker has let this call through (the half-open probe, while it is
+    # open), every way out of here before the answer is counted hands the probe back:
+    # a store that fails between allow() and the call, a taxonomy that cannot be read,
+    # anything. A probe left marked would park every later escalation of this process.
+    allowed = leased = False
     try:
+        with session_scope() as session:
+            prepared = _prepare(session, document_id, audit, breaker)
+            if prepared is None:
+                return None
+            allowed = True
+            if not take_lease(session, document_id, audit):
+                raise LeaseHeld(document_id, lease_left_s(session, document_id))
+            leased = True
+            run = session.get_one(Run, prepared.run_id)
+            taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
+            # Audits ask the whole taxonomy: they measure the SLM, so they must not lean
+            # on it.
+            candidates = None if audit else candidates_for(session, prepared, run, taxonomy)
+            text, run_id = prepared.text, prepared.run_id
         result = get_client().classify(text, taxonomy, candidates)
         if result.declined:
             # "None of these": recorded like every call, then the whole taxonomy.
             _record_paid(document_id, run_id, result, False, audit)
             result = get_client().classify(text, taxonomy)
     except BaseException:
-        breaker.released()
-        with session_scope() as session:
-            release_lease(session, document_id)
+        if allowed:
+            breaker.released()
+        if leased:
+            _release_quietly(document_id)
         raise
     if result.unavailable:
         breaker.failed(result.error)
     else:
         breaker.succeeded()
     # While the breaker is open a retry of an outage would only park the document: it
-    # waits now. (A malformed answer keeps its retries: the frontier did answer.)
-    parked = result.unavailable and breaker.state == "open"
+    # waits now; so does one the frontier refused the credentials of (no retry can fix
+    # a key). A malformed answer keeps its retries: the frontier did answer.
+    parked = result.unavailable and (breaker.state == "open" or result.credentials)
     final = result.status != RETRYABLE or not retries_left or parked
     attempt = _record_paid(document_id, run_id, result, final, audit)
     if result.status != OK:
         log.warning("frontier attempt %d for document %d: %s", attempt, document_id, result.error)
     return result, final
+
+
+def _prepare(
+    session: Session, document_id: int, audit: bool, breaker: CircuitBreaker
+) -> Document | None:
+    """The document to call the frontier for, once the budget and the breaker allow a
+    call; None (parked, or nothing to do) otherwise."""
+    doc = _pending(session, document_id, audit)
+    if doc is None:
+        return None
+    capped = over_budget(session, doc.run_id)
+    if not get_settings().frontier_configured or capped:
+        if not audit:
+            park(session, document_id, capped)
+        return None
+    if not breaker.allow():
+        # The frontier is down: no call, the document waits (an audit is skipped).
+        if not audit:
+            park(session, document_id, breaker.reason())
+        return None
+    return doc
+
+
+def _release_quietly(document_id: int) -> None:
+    # The error on its way out is the one that matters; a lease that cannot be ended
+    # now (the store away) runs out by itself after lease_s().
+    try:
+        with session_scope() as session:
+            release_lease(session, document_id)
+    except Exception as exc:
+        log.warning("document %d: its frontier lease could not be released (%s)", document_id, exc)
 
 
 @app.task(

@@ -25,6 +25,12 @@ from shiftdown.settings import Settings
 from shiftdown.taxonomy import Taxonomy
 
 OK, RETRYABLE, FATAL = "ok", "retryable", "fatal"
+# 401 and 403: the key, not the document, is refused.
+CREDENTIALS_REFUSED = (401, 403)
+# How those two kinds of failure begin their error text (the report and the metrics
+# group parked documents by it).
+CREDENTIALS = "credentials refused"
+NOT_AN_ANSWER = "not an API answer"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class FrontierResult:
     # connection, a timeout, 408/409/429, 5xx): once retries run out the document waits
     # for it (awaiting_frontier) instead of failing, and the breaker counts it.
     unavailable: bool = False
+    # The frontier refused this deployment's credentials (401/403: an expired or revoked
+    # key, a gateway's policy): unavailable to every document alike, so the document is
+    # parked at once, without retries, and the breaker counts it.
+    credentials: bool = False
 
 
 def _mentions(exc: openai.APIStatusError, *words: str) -> bool:
@@ -206,6 +216,15 @@ class FrontierClient:
                 if self.logprobs and _mentions(exc, "logprobs"):
                     self.logprobs = False
                     continue
+                if exc.status_code in CREDENTIALS_REFUSED:
+                    return self._result(
+                        start,
+                        RETRYABLE,
+                        http_status=exc.status_code,
+                        error=f"{CREDENTIALS}: HTTP {exc.status_code}: {exc.message}"[:500],
+                        unavailable=True,
+                        credentials=True,
+                    )
                 transient = exc.status_code in (408, 409, 429) or exc.status_code >= 500
                 return self._result(
                     start,
@@ -223,11 +242,27 @@ class FrontierClient:
                     unavailable=True,
                 )
             except (openai.APIError, ValueError) as exc:
-                # A body that is not a chat completion (the client raises JSONDecodeError
-                # for a 200 whose body is not JSON): the server may answer properly next time.
-                return self._result(start, RETRYABLE, error=f"{type(exc).__name__}: {exc}"[:500])
+                # A 200 whose body is not a chat completion at all (the client raises
+                # JSONDecodeError for one that is not JSON): a proxy's maintenance page, a
+                # captive portal. Nothing answered the request, so it counts as an
+                # outage (breaker, parking), unlike a completion whose content is wrong.
+                return self._result(
+                    start,
+                    RETRYABLE,
+                    error=f"{NOT_AN_ANSWER}: {type(exc).__name__}: {exc}"[:500],
+                    unavailable=True,
+                )
         else:
             return self._result(start, FATAL, error="the server rejected every request format")
+        if not isinstance(response, openai.types.chat.ChatCompletion):
+            # A 200 that is not JSON at all (a proxy's maintenance page, served as
+            # text/html): the client hands back the body as text.
+            return self._result(
+                start,
+                RETRYABLE,
+                error=f"{NOT_AN_ANSWER}: {str(response)[:200]!r}"[:500],
+                unavailable=True,
+            )
         return self._parse(start, response, taxonomy)
 
     def _parse(

@@ -22,6 +22,7 @@ from shiftdown.db import session_scope
 from shiftdown.schema import Document, FrontierCall, Prediction, Run, Task
 from shiftdown.settings import get_settings
 from workers.app import queue_depth
+from workers.frontier_client import CREDENTIALS_REFUSED
 
 LATENCY_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
@@ -94,6 +95,20 @@ class StoreCollector(Collector):
             for model, usd in spent.items():
                 dollars.add_metric([model], usd)
             yield calls
+            # An alert on any increase: every document escalated while the key is
+            # refused waits for it (parked), and nothing else says so.
+            refused = CounterMetricFamily(
+                "shiftdown_frontier_credentials_refused",
+                "Frontier calls refused for the deployment's credentials (HTTP 401/403).",
+                labels=["model"],
+            )
+            for model, n in session.execute(
+                select(FrontierCall.model, func.count())
+                .where(FrontierCall.http_status.in_(CREDENTIALS_REFUSED))
+                .group_by(FrontierCall.model)
+            ):
+                refused.add_metric([model], n)
+            yield refused
             yield tokens
             yield dollars
 
