@@ -20,10 +20,20 @@ Faults, each at least once per seed and in a seeded order, one at a time:
 - ``warm-shutdown``: SIGTERM to a worker (Celery finishes what it holds), then a new one;
 - ``frontier-outage``: the frontier answers every call 503 for minutes: escalated
   documents wait as ``awaiting_frontier`` (the breaker stops calling after a few) and
-  the workers' recovery pass sends them once it answers again.
+  the recovery pass sends them once it answers again;
+- ``postgres-cut-probe``: the frontier goes down and, while the breakers probe it, the
+  store goes away too (back before the frontier): no probe may stay marked;
+- ``frontier-401``: every call refused for the key (401) for a while: documents wait,
+  none fails;
+- ``frontier-maintenance``: every call answered 200 with a proxy's HTML maintenance page;
+- ``poison-outage``: a shorter outage. A share of the input (``POISON_SHARE``) is
+  poisoned throughout: the frontier answers its requests 500 every time, so poisoned
+  documents are parked with the others in every outage and must not hold them back.
 
-Checks: every document has exactly one final label, and none ended ``frontier_failed``
-(the stand-in only ever fails for a while: 429s, timeouts, the outage); no prediction
+Checks: every document has exactly one final label, and nothing ended
+``frontier_failed`` that the frontier did not refuse (only poisoned documents, each
+with the reason that it failed alone; the stand-in fails the rest only for a while:
+429s, timeouts, outages, a refused key, a maintenance page); no prediction
 is stored twice and no document has two successful frontier calls recorded; the
 frontier calls billed (the requests the stand-in received) equal those recorded, plus at
 most one per frontier process killed; every settled document's result reached the Redis
@@ -70,6 +80,10 @@ KINDS = (
     "postgres-cut",
     "warm-shutdown",
     "frontier-outage",
+    "postgres-cut-probe",
+    "frontier-401",
+    "frontier-maintenance",
+    "poison-outage",
 )
 # How long each kind keeps its target away, in seconds (uniform between the bounds).
 HOLD_S = {
@@ -80,7 +94,16 @@ HOLD_S = {
     "postgres-cut": (5.0, 20.0),
     "warm-shutdown": (0.0, 0.0),
     "frontier-outage": (120.0, 240.0),
+    "postgres-cut-probe": (30.0, 60.0),
+    "frontier-401": (20.0, 60.0),
+    "frontier-maintenance": (20.0, 60.0),
+    "poison-outage": (30.0, 60.0),
 }
+# Documents whose own request the frontier fails with a 500 every time, outage or not
+# (a share of the input, marked): each escalated one must end frontier_failed with the
+# reason, and must not hold back the recovery of the documents parked beside it.
+POISON_MARK = "[poison] "
+POISON_SHARE = 0.01
 FRONTIER_PROCESSES = 4
 # The least time between one fault's end and the next one's start.
 GAP_S = 4.0
@@ -194,6 +217,14 @@ class ChaosFrontier(ScriptedServer):
             self.injected["timeout"] += 1
             latency = self.slow_s  # still billed: the provider did the work
         time.sleep(latency)
+        user = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
+        if isinstance(user, str) and user.startswith(POISON_MARK):
+            self.injected["poison 500"] += 1
+            return (
+                500,
+                {"error": {"message": "the server had an error processing your request"}},
+                {},
+            )
         return super().default_answer(body)
 
 
@@ -274,8 +305,25 @@ class Soak:
         elif kind == "warm-shutdown":
             self.workers.warm_shutdown(fault.target)
             self.workers.start(fault.target)
-        elif kind == "frontier-outage":
+        elif kind in ("frontier-outage", "poison-outage"):
+            # poison-outage: a shorter outage, so that poisoned documents wait parked
+            # among the others and are sent back with them.
             self.frontier.down_until = time.monotonic() + fault.hold_s
+            time.sleep(fault.hold_s)
+        elif kind == "postgres-cut-probe":
+            # The frontier goes down, the breakers open, and while they probe it
+            # (cool-down 5 s) the store goes away too; it comes back before the frontier.
+            self.frontier.down_until = time.monotonic() + fault.hold_s
+            time.sleep(0.3 * fault.hold_s)
+            self.proxy.cut()
+            time.sleep(0.4 * fault.hold_s)
+            self.proxy.restore()
+            time.sleep(0.3 * fault.hold_s)
+        elif kind == "frontier-401":
+            self.frontier.refuse_key_until = time.monotonic() + fault.hold_s
+            time.sleep(fault.hold_s)
+        elif kind == "frontier-maintenance":
+            self.frontier.maintenance_until = time.monotonic() + fault.hold_s
             time.sleep(fault.hold_s)
         else:
             raise ValueError(f"unknown fault {kind!r}")
@@ -412,6 +460,13 @@ def _state(run_ids: list[int]) -> dict[str, Any]:
                 {"r": run_ids},
             )
         )
+        failed = s.execute(
+            text(
+                "SELECT text, error FROM documents WHERE run_id = ANY(:r) "
+                "AND state = 'frontier_failed'"
+            ),
+            {"r": run_ids},
+        ).all()
         twice_ok = s.scalar(
             text(
                 "SELECT count(*) FROM (SELECT document_id FROM frontier_calls "
@@ -428,13 +483,14 @@ def _state(run_ids: list[int]) -> dict[str, Any]:
         "calls": {str(k): v for k, v in calls.items()},
         "twice_ok": twice_ok,
         "final_ids": final_ids,
+        "failed": [(t, e) for t, e in failed],
     }
 
 
 def soak(
     seed: int,
     docs: int = 5_000,
-    n_faults: int = 9,
+    n_faults: int = 12,
     window_s: float = 150.0,
     batches: int = 20,
     settle_s: float = 480.0,
@@ -456,6 +512,9 @@ def soak(
     taxonomy = ROOT / "demo" / "banking77" / "categories.json"
     reference = _reference()
     texts = banking_queries(docs, seed=seed)
+    poisoned = random.Random(seed).sample(range(len(texts)), int(POISON_SHARE * len(texts)))
+    for i in poisoned:
+        texts[i] = POISON_MARK + texts[i]
     folder = Path(tempfile.mkdtemp(prefix="shiftdown-soak-"))
     if model is None:
         model = write_tiny_gguf(folder / "tiny.gguf")
@@ -559,6 +618,8 @@ def _figures(
     faults_end: float,
     settled_at: float,
 ) -> dict[str, Any]:
+    from workers.frontier import FAILED_ALONE
+
     n = len(texts)
     billed = len(run.frontier.requests)
     recorded = sum(state["calls"].values())
@@ -573,7 +634,12 @@ def _figures(
         "no worker exited on its own": not run.workers.died_on_their_own,
         "every document has exactly one final label": settled
         and state["rows"] == state["distinct"] == n,
-        "no document ended frontier_failed": state["states"].get("frontier_failed", 0) == 0,
+        # The frontier refused nothing else: only poisoned documents may fail, each
+        # with the reason that the frontier failed it alone.
+        "nothing failed that the frontier did not refuse": all(
+            t.startswith(POISON_MARK) and (e or "").startswith(FAILED_ALONE)
+            for t, e in state.get("failed", [])
+        ),
         "no prediction stored twice": state["stages"].get("slm", 0) == n,
         "no document with two successful frontier calls": state["twice_ok"] == 0,
         "frontier predictions = successful calls recorded": state["stages"].get("frontier", 0)
@@ -590,6 +656,7 @@ def _figures(
         "lost": n - state.get("labelled", 0),
         "final_ids": state.get("final_ids", []),
         "states": state.get("states", {}),
+        "poisoned_failed": len(state.get("failed", [])),
         "stages": state.get("stages", {}),
         "calls": state.get("calls", {}),
         "frontier_injected": dict(run.frontier.injected),
@@ -639,6 +706,7 @@ def print_result(result: dict[str, Any]) -> None:
         ),
         ("SLM predictions", result["stages"].get("slm", 0)),
         ("frontier predictions", result["stages"].get("frontier", 0)),
+        ("poisoned documents failed alone", result["poisoned_failed"]),
         ("billed / recorded calls", f"{result['billed']} / {result['recorded']}"),
         ("results stream: settled not seen", result["results_stream_missed"]),
         ("frontier processes killed", result["frontier_processes_killed"]),
@@ -665,7 +733,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", help="several soaks in a row")
     parser.add_argument("--docs", type=int, default=5_000)
-    parser.add_argument("--faults", type=int, default=9)
+    parser.add_argument("--faults", type=int, default=12)
     parser.add_argument("--window", type=float, default=150.0, help="seconds of faults")
     parser.add_argument("--model", type=Path, help="GGUF to serve (default: the tiny model)")
     parser.add_argument("--threshold", type=float)

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
@@ -23,6 +24,7 @@ from cli.options import (
 )
 from cli.progress import progress_bar
 from models.candidates import DEFAULT_TARGET_RECALL, gold_ranks, recall_curve
+from models.familiarity import crossfit_flags
 from models.policy import (
     Outcome,
     Target,
@@ -35,7 +37,7 @@ from models.policy import (
     stored_policy,
 )
 from models.registry import find_version, update_manifest, version_number
-from models.scoring import HeldoutData, escalation_economics, score_version
+from models.scoring import HeldoutData, Scored, escalation_economics, score_version
 from shiftdown.db import session_scope
 from shiftdown.errors import ConfigError
 from shiftdown.schema import ModelVersion, Task
@@ -60,6 +62,27 @@ def _outcome_row(table: Table, name: str, o: Outcome, threshold: str) -> None:
         f"${o.usd_per_1k:.4f}",
         *none,
     )
+
+
+def unseen_unfamiliar(scored: Scored) -> tuple[npt.NDArray[np.bool_], str]:
+    """Which held-out documents the familiarity score flags, as it would flag unseen
+    ones, and how that was measured. Where the score's threshold was fitted on these
+    same documents (``finetune`` fits it on the held-out split that ``policy set`` reads
+    by default) its own flags are in sample, a share fixed by construction: each half is
+    flagged by a threshold fitted on the other half instead."""
+    sc = scored.scores
+    assert sc.unfamiliar is not None
+    ref = scored.manifest.familiarity
+    recorded = scored.manifest.heldout
+    same_data = (
+        recorded is not None
+        and recorded.path is not None
+        and Path(recorded.path).resolve() == Path(scored.data).resolve()
+    )
+    if ref is None or sc.unfamiliarity is None or not (ref.calibration == "heldout" and same_data):
+        return sc.unfamiliar, "the model's threshold, fitted on other documents"
+    flags = crossfit_flags(sc.unfamiliarity, ref.false_flag_rate)
+    return flags, "2-fold: the threshold refitted on the other half of these documents"
 
 
 def _outcome_table(title: str, open_set: bool = False) -> Table:
@@ -131,26 +154,34 @@ def set_policy(
         top, conf = answers(probs, none_index, margin)
         predicted, correct = [sc.labels[i] for i in top], np.asarray(top == sc.gold)
         nones = (np.asarray(top == none_index), nones[1])
+    # Unfamiliar documents go to the frontier whatever the thresholds say: the target
+    # counts them (as unseen documents would be flagged), and so does the bound.
+    unfamiliar, how = unseen_unfamiliar(scored) if sc.unfamiliar is not None else (None, "")
     fitted = {
-        per: fit_policy(conf, predicted, correct, target, econ, per, scored.temperature, nones)
+        per: fit_policy(
+            conf, predicted, correct, target, econ, per, scored.temperature, nones, unfamiliar
+        )
         for per in (False, True)
     }
     for p in fitted.values():
         p.none_margin = margin
     checked = {
-        per: cross_checked(conf, predicted, correct, target, econ, per, nones=nones)
+        per: cross_checked(
+            conf, predicted, correct, target, econ, per, nones=nones, forced=unfamiliar
+        )
         for per in fitted
     }
     chosen_policy = fitted[per_label]
     if candidate_recall:
         chosen_policy.fit_candidates(sc.logits, sc.gold, predicted, conf, candidate_recall)
     added = None
-    if sc.unfamiliar is not None:
-        # Unfamiliar documents go to the frontier whatever the policy says: what that adds.
-        kept = ~chosen_policy.escalate(predicted, conf)
-        added = float((sc.unfamiliar & kept).mean())
+    if unfamiliar is not None:
+        # What the unfamiliar escalations add to the thresholds' own (both are in the
+        # fitted escalation rate and its bound).
+        added = float((unfamiliar & ~chosen_policy.escalate(predicted, conf)).mean())
         chosen_policy.fitted |= {
-            "unfamiliar_rate": round(float(sc.unfamiliar.mean()), 6),
+            "unfamiliar_rate": round(float(unfamiliar.mean()), 6),
+            "unfamiliar_rate_basis": how,
             "unfamiliar_added": round(added, 6),
         }
     chosen_policy.fitted |= {
@@ -178,17 +209,21 @@ def set_policy(
         p = fitted[per]
         own = len(p.per_label)
         shown = f"{p.threshold:.4f}" + (f" ({own} own)" if own else "")
-        on_fit = outcome(p.escalate(predicted, conf), correct, econ, nones)
+        escalated = p.escalate(predicted, conf)
+        if unfamiliar is not None:
+            escalated = escalated | unfamiliar
+        on_fit = outcome(escalated, correct, econ, nones)
         _outcome_row(table, f"{name} (fit)", on_fit, shown)
         _outcome_row(table, f"{name} (2-fold)", checked[per], "")
     Console().print(table)
     bound = chosen_policy.fitted["escalation_rate_upper_95"]
     click.echo(f"escalation rate on unseen documents: at most {100 * bound:.1f} % (95 % bound)")
-    if sc.unfamiliar is not None and added is not None:
+    if unfamiliar is not None and added is not None:
         click.echo(
             f"unfamiliar documents (escalated whatever their confidence): "
-            f"{100 * sc.unfamiliar.mean():.1f} % of these held-out documents are flagged, "
-            f"{100 * added:.1f} % on top of the policy's escalations"
+            f"{100 * unfamiliar.mean():.1f} % of unseen held-out documents are flagged "
+            f"({chosen_policy.fitted['unfamiliar_rate_basis']}), {100 * added:.1f} % on top of "
+            "the policy's escalations; the bound above counts them"
         )
     if margin:
         click.echo(

@@ -218,6 +218,25 @@ def _unfitted(
     )
 
 
+def crossfit_flags(
+    scores: npt.ArrayLike, false_flag_rate: float, folds: int = 2, seed: int = 0
+) -> npt.NDArray[np.bool_]:
+    """Which documents a threshold fitted for ``false_flag_rate`` on the *other* folds
+    flags: the unfamiliar rate of unseen known documents, where the stored threshold
+    was fitted on these very documents (and so flags ``false_flag_rate`` of them by
+    construction)."""
+    values = np.asarray(scores, dtype=np.float64)
+    fold = np.random.default_rng(seed).permutation(len(values)) % folds
+    flags = np.zeros(len(values), dtype=bool)
+    for f in range(folds):
+        inside = fold != f
+        if not inside.any():
+            continue
+        threshold = np.quantile(values[inside], 1.0 - false_flag_rate, method="higher")
+        flags[~inside] = values[~inside] > threshold
+    return flags
+
+
 def crossfit_scores(
     method: Method,
     states: npt.NDArray[np.float32],

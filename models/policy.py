@@ -309,11 +309,27 @@ def _max_rate(target: Target, econ: Economics, n: int) -> float:
     return bounded_rate(rate, n)
 
 
-def solve_global(confidence: Floats, correct: Bools, target: Target, econ: Economics) -> float:
-    """One threshold for every label that meets ``target`` on this held-out data."""
+def solve_global(
+    confidence: Floats,
+    correct: Bools,
+    target: Target,
+    econ: Economics,
+    forced: Bools | None = None,
+) -> float:
+    """One threshold for every label that meets ``target`` on this held-out data.
+
+    ``forced``: documents escalated whatever their confidence (unfamiliar ones); a rate
+    or spend target leaves room for them, so that the two together meet it."""
     if target.kind == KEPT_ACCURACY:
         return _threshold_for_accuracy(confidence, correct, target.value)
-    return _threshold_for_rate(confidence, _max_rate(target, econ, len(confidence)))
+    rate = _max_rate(target, econ, len(confidence))
+    if forced is None or not forced.any():
+        return _threshold_for_rate(confidence, rate)
+    free = ~forced
+    budget = rate * len(confidence) - int(forced.sum())
+    if budget <= 0 or not free.any():
+        return 0.0  # the forced escalations alone use up the budget
+    return _threshold_for_rate(confidence[free], budget / int(free.sum()))
 
 
 def _per_label_at(
@@ -341,6 +357,7 @@ def solve_per_label(
     target: Target,
     econ: Economics,
     min_support: int = 10,
+    forced: Bools | None = None,
 ) -> tuple[float, dict[str, float]]:
     """A threshold per predicted label (labels with fewer than ``min_support`` held-out
     predictions use a global one).
@@ -357,7 +374,10 @@ def solve_per_label(
         mid = (lo + hi) / 2
         fallback, per_label = _per_label_at(confidence, pred, correct, mid, min_support)
         policy = Policy(fallback, target, per_label)
-        if policy.escalate(list(pred), confidence).mean() <= rate + 1e-12:
+        escalate = policy.escalate(list(pred), confidence)
+        if forced is not None:
+            escalate = escalate | forced
+        if escalate.mean() <= rate + 1e-12:
             lo = mid
         else:
             hi = mid
@@ -373,16 +393,22 @@ def fit_policy(
     per_label: bool = False,
     temperature: float = 1.0,
     nones: NoneMasks | None = None,
+    forced: Bools | None = None,
 ) -> Policy:
     """Solve the thresholds for ``target`` and record what they gave on this data.
+
+    ``forced``: documents escalated whatever the policy says (unfamiliar ones): a rate
+    or spend target counts them, and so does the recorded escalation bound.
 
     Open set (``nones`` given): the none outcome always gets its own threshold, held to
     the accuracy the other kept documents reach, so a document the SLM calls none is
     kept only when its none answers are as sure as its labels."""
     if per_label:
-        threshold, labels = solve_per_label(confidence, predicted, correct, target, econ)
+        threshold, labels = solve_per_label(
+            confidence, predicted, correct, target, econ, forced=forced
+        )
     else:
-        threshold, labels = solve_global(confidence, correct, target, econ), {}
+        threshold, labels = solve_global(confidence, correct, target, econ, forced), {}
     policy = Policy(threshold, target, labels, temperature)
     if nones is not None and nones[0].any():
         called_none = nones[0]
@@ -392,6 +418,8 @@ def fit_policy(
             confidence[called_none], correct[called_none], level if kept.any() else 1.0
         )
     escalate = policy.escalate(predicted, confidence)
+    if forced is not None:
+        escalate = escalate | forced
     policy.fitted = outcome(escalate, correct, econ, nones).as_dict()
     policy.fitted["escalation_rate_upper_95"] = round(
         rate_upper_bound(int(escalate.sum()), len(escalate)), 6
@@ -429,6 +457,7 @@ def cross_checked(
     folds: int = 2,
     seed: int = 0,
     nones: NoneMasks | None = None,
+    forced: Bools | None = None,
 ) -> Outcome:
     """The policy's figures on data it was not fitted on: fit on all folds but one,
     decide the held-back fold, and score every document's out-of-fold decision.
@@ -444,7 +473,17 @@ def cross_checked(
         fit, test = fold != k, fold == k
         fit_nones = (nones[0][fit], nones[1][fit]) if nones is not None else None
         policy = fit_policy(
-            confidence[fit], list(pred[fit]), correct[fit], target, econ, per_label, 1.0, fit_nones
+            confidence[fit],
+            list(pred[fit]),
+            correct[fit],
+            target,
+            econ,
+            per_label,
+            1.0,
+            fit_nones,
+            None if forced is None else forced[fit],
         )
         escalate[test] = policy.escalate(list(pred[test]), confidence[test])
+        if forced is not None:
+            escalate[test] |= forced[test]
     return outcome(escalate, correct, econ, nones)

@@ -25,6 +25,8 @@ class Scores:
     elapsed_s: float
     # Which documents the model's familiarity score flags (None: the model has none).
     unfamiliar: npt.NDArray[np.bool_] | None = None
+    # The unfamiliarity scores behind those flags.
+    unfamiliarity: npt.NDArray[np.float64] | None = None
 
     def probs(self, temperature: float) -> npt.NDArray[np.float64]:
         """Label distributions at this temperature."""
@@ -76,6 +78,7 @@ def score(
     rows: list[npt.NDArray[np.float64]] = []
     latency: list[float] = []
     flags: list[bool] = []
+    values: list[float | None] = []
     scored = True
     started = time.perf_counter()
     # Chunks of one decode per batched context, so that a model loaded for batched
@@ -90,6 +93,7 @@ def score(
                 on_result(result)
             rows.append(result.logits)
             flags.append(result.unfamiliar)
+            values.append(result.unfamiliarity)
             scored = scored and result.unfamiliarity is not None
             latency.append(result.latency_ms)
         if on_progress:
@@ -103,4 +107,5 @@ def score(
         latency_ms=np.asarray(latency, dtype=np.float64),
         elapsed_s=elapsed,
         unfamiliar=np.asarray(flags, dtype=bool) if scored and flags else None,
+        unfamiliarity=np.asarray(values, dtype=np.float64) if scored and flags else None,
     )

@@ -6,6 +6,7 @@ model loads, not on every decode."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,45 @@ def test_a_familiarity_file_of_another_width_is_refused_at_load(
     spec = ModelSpec(str(gguf), tuple(manifest.labels or ()), str(adapter), manifest)
     with pytest.raises(ModelError, match="fitted on states of width 10"):
         Classifier(spec, RuntimeOptions(n_threads=2, parallel=8))
+
+
+def test_policy_set_measures_the_unfamiliar_rate_out_of_sample_and_bounds_it(
+    tiny: dict[str, Any],
+    tmp_path: Path,
+    use_settings: Callable[..., None],
+    sqlite_url: str,
+) -> None:
+    from sqlalchemy import select
+
+    from models.familiarity_fit import fit_model_dir
+    from models.finetune_manifest import write_heldout
+    from shiftdown.db import session_scope
+    from shiftdown.manifest import ModelManifest
+    from shiftdown.schema import ModelVersion
+    from tests.helpers import invoke
+
+    use_settings(SHIFTDOWN_DATABASE_URL=sqlite_url, SHIFTDOWN_N_THREADS="2")
+    copy = tmp_path / "model"
+    shutil.copytree(tiny["dir"], copy)
+    # As finetune does with a validation split: the score's threshold is fitted on the
+    # held-out split, which policy set then reads by default.
+    held = tiny["held_out"]
+    fit_model_dir(copy, tiny["train"], held, RuntimeOptions(n_threads=2, parallel=8), "knn", 0.3)
+    ref = write_heldout(copy, held)
+    manifest = ModelManifest.load(copy / "manifest.json")
+    manifest.updated(heldout=ref.model_dump(exclude_none=True)).write(copy / "manifest.json")
+    target = 0.6
+    shown = invoke(
+        "policy", "set", "--task", "tiny", "--taxonomy", str(tiny["taxonomy"]),
+        "--model", str(copy), "--max-escalation", str(target), "--candidate-recall", "0",
+    ).output  # fmt: skip
+    with session_scope() as s:
+        fitted = s.scalars(select(ModelVersion.manifest)).one()["policy"]["fitted"]
+    # In sample the flags are 30 % by construction; each half is flagged by a threshold
+    # fitted on the other half instead.
+    assert fitted["unfamiliar_rate_basis"].startswith("2-fold"), fitted
+    assert "2-fold" in shown
+    # The bound counts the unfamiliar escalations with the thresholds' own, and the
+    # target holds for the two together.
+    assert fitted["escalation_rate"] >= fitted["unfamiliar_rate"]
+    assert fitted["escalation_rate_upper_95"] <= target + 1e-6

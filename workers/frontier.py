@@ -179,6 +179,14 @@ def failures_alone(session: Session, document_id: int, window: int = 64) -> int:
     return n
 
 
+def _failed_alone(session: Session, document_id: int) -> int:
+    """The document's failures alone (``failures_alone``, this call's included) once
+    they reach ``SHIFTDOWN_FRONTIER_DOCUMENT_FAILURES``, else 0."""
+    session.flush()
+    alone = failures_alone(session, document_id)
+    return alone if alone >= get_settings().frontier_document_failures else 0
+
+
 def record_outcome(
     session: Session,
     document_id: int,
@@ -189,8 +197,10 @@ def record_outcome(
     batch_id: int | None = None,
 ) -> int:
     """Record one call and what it settles, in ``session``: the call with its tokens and
-    dollars; an answer's prediction, teacher example and final state; or, when the
-    attempt was the last (``final``), the failure. Returns the attempt number."""
+    dollars; an answer's prediction, teacher example and final state; a document the
+    frontier fails alone (``failures_alone``) failed at once, whatever its retries; or,
+    when the attempt was the last (``final``), the failure, or the wait for the frontier.
+    Returns the attempt number."""
     stage = Stage.AUDIT if audit else Stage.FRONTIER
     attempt = 1 + attempts_made(session, document_id)
     call = record_call(session, result, attempt, document_id, run_id, batch_id)
@@ -233,20 +243,22 @@ def record_outcome(
             error=None,
         ):
             results_stream.owe(session, [(document_id, run_id)])
-    elif final and not audit and result.unavailable and not result.credentials:
-        session.flush()
-        alone = failures_alone(session, document_id)
-        if alone >= get_settings().frontier_document_failures:
-            # The frontier answers others but keeps failing this request: it is this
-            # document's, and waiting would only send it again and again.
-            error = f"{FAILED_ALONE} ({alone} calls): {result.error}"[:500]
-            if move_documents(
-                session, [document_id], WAITING, state=DocState.FRONTIER_FAILED, error=error
-            ):
-                results_stream.owe(session, [(document_id, run_id)])
-        else:
-            # An outage is not the document's fault: it waits for the frontier.
-            park(session, document_id, f"{UNAVAILABLE}: {result.error}"[:500])
+    elif (
+        not audit
+        and result.unavailable
+        and not result.credentials
+        and (alone := _failed_alone(session, document_id))
+    ):
+        # The frontier answers others but keeps failing this request: it is this
+        # document's, and waiting (or retrying) would only send it again and again.
+        if move_documents(
+            session,
+            [document_id],
+            WAITING,
+            state=DocState.FRONTIER_FAILED,
+            error=f"{FAILED_ALONE} ({alone} calls): {result.error}"[:500],
+        ):
+            results_stream.owe(session, [(document_id, run_id)])
     elif final and not audit and result.unavailable:
         park(session, document_id, f"{UNAVAILABLE}: {result.error}"[:500])
     elif (
