@@ -20,7 +20,9 @@ from producers.reconcile import reconcile as reconcile_run
 @handle_errors
 def reconcile(run_id: int, min_age: float, dry_run: bool) -> None:
     """Find RUN's documents with no final result and no task on the broker, and
-    enqueue them again (tasks are idempotent: nothing is done or billed twice)."""
+    enqueue them again (tasks are idempotent: nothing is done twice, and a call is billed
+    twice only where a worker dies, or Postgres stays away, between its answer and its
+    record)."""
     ensure_schema()
     r = reconcile_run(run_id, min_age, dry_run)
     verb = "would send" if dry_run else "sent"

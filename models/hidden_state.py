@@ -19,8 +19,10 @@ every weight again for one token per document. Reading h back from the logits co
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -100,12 +102,16 @@ class OutputInverse:
         ratio = 0.0
         for attempt in range(SEEDS_TRIED):
             self.rows = np.sort(np.random.default_rng(seed + attempt).permutation(n_vocab)[:rows])
-            sub = _rows_dequantized(tensor, self.rows, width)
-            gram = _gram(sub)
+            gram = _gram(_row_chunks(gguf_path, tensor, self.rows, width))
+            try:
+                gram_inverse = np.linalg.inv(gram)
+            except np.linalg.LinAlgError:
+                ratio = 0.0
+                continue
             # The singular values of the rows are the square roots of the Gram matrix's
-            # eigenvalues (in float64 the squaring costs nothing at these ratios).
-            eig = np.linalg.eigvalsh(gram)
-            ratio = float(np.sqrt(max(eig[0], 0.0) / eig[-1])) if eig[-1] > 0 else 0.0
+            # eigenvalues; its largest and its inverse's largest, by power iteration
+            # (a full eigendecomposition's copy and workspace cost more than the rest).
+            ratio = float(np.sqrt(1.0 / (_largest_eig(gram) * _largest_eig(gram_inverse))))
             if ratio >= MIN_SINGULAR_RATIO:
                 break
         else:
@@ -119,11 +125,14 @@ class OutputInverse:
         # (documents x rows) product. The normal equations rather than an SVD: a Gram
         # matrix (width x width) instead of the SVD's copies and workspace of the rows,
         # less than half the start-up memory on a 128k-vocabulary model.
-        gram_inverse = np.linalg.inv(gram)
+        # The rows are read a second time, a chunk at a time, rather than held through
+        # the inversion: the start-up peak is then the Gram matrix's, not the rows' too.
         del gram
         self.inverse = np.empty((rows, width), dtype=np.float32)
-        for i in range(0, rows, _CHUNK):
-            self.inverse[i : i + _CHUNK] = sub[i : i + _CHUNK].astype(np.float64) @ gram_inverse
+        done = 0
+        for block in _row_chunks(gguf_path, tensor, self.rows, width):
+            self.inverse[done : done + len(block)] = block.astype(np.float64) @ gram_inverse
+            done += len(block)
         self.width = width
         self.singular_ratio = ratio
 
@@ -154,12 +163,23 @@ def _number(reader: object, key: str, default: float) -> float:
     return default if value is None else float(value)  # type: ignore[arg-type]
 
 
-def _gram(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """W^T W in float64, accumulated over chunks of rows (no float64 copy of W)."""
-    gram = np.zeros((rows.shape[1], rows.shape[1]), dtype=np.float64)
-    for i in range(0, len(rows), _CHUNK):
-        block = rows[i : i + _CHUNK].astype(np.float64)
-        gram += block.T @ block
+def _largest_eig(matrix: npt.NDArray[np.floating[Any]], steps: int = 100) -> float:
+    """The largest eigenvalue of a symmetric positive definite matrix, by power
+    iteration from a seeded start (a Rayleigh quotient: never above the true one)."""
+    v = np.random.default_rng(0).standard_normal(len(matrix))
+    for _ in range(steps):
+        v = matrix @ v
+        v /= np.linalg.norm(v)
+    return float(v @ matrix @ v)
+
+
+def _gram(chunks: Iterable[npt.NDArray[np.float32]]) -> npt.NDArray[np.float64]:
+    """W^T W in float64, accumulated over chunks of rows (no copy of W held)."""
+    gram: npt.NDArray[np.float64] | None = None
+    for chunk in chunks:
+        block = chunk.astype(np.float64)
+        gram = block.T @ block if gram is None else gram + block.T @ block
+    assert gram is not None
     return gram
 
 
@@ -167,17 +187,25 @@ def _gram(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
 _CHUNK = 1024
 
 
-def _rows_dequantized(
-    tensor: object, rows: npt.NDArray[np.intp], width: int
-) -> npt.NDArray[np.float32]:
-    """Rows ``rows`` of a GGUF matrix in float32, reading and dequantizing only those, a
-    chunk at a time: the reader maps the file, one row of (quantized) blocks per matrix
-    row, and dequantizing makes several temporary copies of what it is given."""
+def _row_chunks(
+    path: str | Path, tensor: object, rows: npt.NDArray[np.intp], width: int
+) -> Iterator[npt.NDArray[np.float32]]:
+    """Rows ``rows`` of a GGUF matrix in float32, ``_CHUNK`` at a time, reading and
+    dequantizing only those. Read with pread, not through the reader's map of the file:
+    picking rows out of a map faults in the pages around each (the kernel maps 64 KB a
+    fault), which on a 128k-vocabulary matrix was the whole file."""
     import gguf
 
-    out = np.empty((len(rows), width), dtype=np.float32)
-    for i in range(0, len(rows), _CHUNK):
-        picked = np.asarray(tensor.data[rows[i : i + _CHUNK]])  # type: ignore[attr-defined]
-        data = gguf.quants.dequantize(picked, tensor.tensor_type)  # type: ignore[attr-defined]
-        out[i : i + _CHUNK] = np.asarray(data, dtype=np.float32).reshape(-1, width)
-    return out
+    n_rows = int(tensor.data.shape[0])  # type: ignore[attr-defined]
+    row_bytes = int(tensor.n_bytes) // n_rows  # type: ignore[attr-defined]
+    offset = int(tensor.data_offset)  # type: ignore[attr-defined]
+    kind = tensor.tensor_type  # type: ignore[attr-defined]
+    dtype = tensor.data.dtype  # type: ignore[attr-defined]
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        for i in range(0, len(rows), _CHUNK):
+            chunk = rows[i : i + _CHUNK]
+            raw = b"".join(os.pread(fd, row_bytes, offset + int(r) * row_bytes) for r in chunk)
+            picked = np.frombuffer(raw, dtype=dtype).reshape(len(chunk), -1)
+            data = gguf.quants.dequantize(picked, kind)
+            yield np.asarray(data, dtype=np.float32).reshape(-1, width)

@@ -1,7 +1,9 @@
-"""The read-back of hidden states from logits (``models.hidden_state.OutputInverse``) on
-GGUF files written here: only the kept rows are dequantized, a poorly conditioned
-choice of rows is refused, and a familiarity file of another width is refused when the
-model loads, not on every decode."""
+"""The unfamiliarity score on large models and large teacher sets: the read-back of
+hidden states from logits (``models.hidden_state.OutputInverse``) on GGUF files written
+here (only the kept rows dequantized, a poorly conditioned choice of rows refused), a
+familiarity file of another width refused when the model loads, the fit's bank sampled
+before decoding and fitted on every BLAS thread, scoring in chunks, and ``policy set``'s
+unfamiliar rate measured out of sample."""
 
 from __future__ import annotations
 
@@ -125,3 +127,61 @@ def test_policy_set_measures_the_unfamiliar_rate_out_of_sample_and_bounds_it(
     # target holds for the two together.
     assert fitted["escalation_rate"] >= fitted["unfamiliar_rate"]
     assert fitted["escalation_rate_upper_95"] <= target + 1e-6
+
+
+def test_scoring_a_large_held_out_set_holds_one_chunk_of_similarities_at_a_time() -> None:
+    import tracemalloc
+
+    from models.familiarity import MAX_BANK, SCORE_CHUNK
+
+    rng = np.random.default_rng(3)
+    bank = rng.standard_normal((MAX_BANK, 32)).astype(np.float32)
+    score = fit("knn", bank, ["a", "b"] * (MAX_BANK // 2))
+    held = rng.standard_normal((4000, 32)).astype(np.float32)
+    tracemalloc.start()
+    got = score.scores(held)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # One chunk's similarities (256 x 20,000 float32, 20 MB), not the whole 320 MB.
+    whole = len(held) * MAX_BANK * 4
+    assert peak < 3 * SCORE_CHUNK * MAX_BANK * 4 < whole / 4, peak
+    # The same scores as the whole product.
+    z = held / np.linalg.norm(held, axis=1, keepdims=True)
+    assert score.bank is not None
+    expected = 1.0 - (z @ score.bank.T).max(axis=1)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_the_fit_samples_its_bank_before_decoding_and_uses_every_blas_thread(
+    tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from threadpoolctl import threadpool_info
+
+    import models.familiarity_fit as familiarity_fit
+    from models.familiarity_fit import fit_model_dir
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny["dir"], copy)
+    bank = 25
+    assert len(tiny["train"]) > 2 * bank
+    monkeypatch.setattr(familiarity_fit, "MAX_BANK", bank)
+    threads: list[int] = []
+    real_fit = familiarity_fit.fit
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(familiarity_fit, "fit", spy)
+    decoded: list[int] = []
+    held = tiny["held_out"][:30]
+    options = RuntimeOptions(n_threads=2, parallel=8)
+    ref = fit_model_dir(copy, tiny["train"], held, options, "knn", 0.1, decoded.append)
+    # Only the bank's sample and the held-out documents went through the model.
+    assert sum(decoded) == bank + len(held)
+    assert ref.bank == bank
+    # Decoding keeps BLAS to one thread; the fit, after it, has every core.
+    assert threads == [os.cpu_count()]
+    assert max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas") == 1
