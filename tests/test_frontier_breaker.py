@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.frontier_breaker import MAX_COOLDOWN_S, UNAVAILABLE, CircuitBreaker
+from workers.frontier_breaker import CALL, MAX_COOLDOWN_S, PROBE, UNAVAILABLE, CircuitBreaker
 
 
 class Clock:
@@ -52,3 +52,16 @@ def test_the_cooldown_doubles_up_to_a_limit_and_a_lost_probe_is_released() -> No
     assert breaker.allow()
     breaker.released()  # the probe's task died without an answer either way
     assert breaker.allow()
+
+
+def test_only_the_probe_is_handed_back() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=1, cooldown_s=10, clock=clock)
+    assert breaker.acquire() == CALL  # closed: an ordinary call, nothing to hand back
+    breaker.failed("down")
+    assert breaker.acquire() is None
+    clock.now = 10
+    assert breaker.acquire() == PROBE
+    assert breaker.acquire() is None  # one probe at a time
+    breaker.released()  # the probe's task failed before its call: the next may probe
+    assert breaker.acquire() == PROBE

@@ -45,7 +45,7 @@ from shiftdown.settings import get_settings
 from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 from workers import results_stream
 from workers.app import TASK_FRONTIER, app
-from workers.frontier_breaker import UNAVAILABLE, CircuitBreaker
+from workers.frontier_breaker import PROBE, UNAVAILABLE, CircuitBreaker
 from workers.frontier_client import OK, RETRYABLE, FrontierClient, FrontierResult
 from workers.store import (
     PredictionRow,
@@ -461,33 +461,33 @@ def process_document(
     and whether it settled the document (an answer, a failure, or parked to wait for the
     frontier); None when there was nothing to do (or it was parked without a call)."""
     breaker = get_breaker()
-    # Once the breaker has let this call through (the half-open probe, while it is
-    # open), every way out of here before the answer is counted hands the probe back:
-    # a store that fails between allow() and the call, a taxonomy that cannot be read,
-    # anything. A probe left marked would park every later escalation of this process.
-    allowed = leased = False
+    # Once the breaker has let this call through as its half-open probe, every way out
+    # of here before the answer is counted hands the probe back: a store that fails
+    # between the breaker and the call, a taxonomy that cannot be read, anything. A
+    # probe left marked would park every later escalation of this process.
+    probe = leased = False
     try:
         with session_scope() as session:
             prepared = _prepare(session, document_id, audit, breaker)
             if prepared is None:
                 return None
-            allowed = True
+            doc, probe = prepared
             if not take_lease(session, document_id, audit):
                 raise LeaseHeld(document_id, lease_left_s(session, document_id))
             leased = True
-            run = session.get_one(Run, prepared.run_id)
+            run = session.get_one(Run, doc.run_id)
             taxonomy = task_taxonomy(session.get_one(Task, run.task_name))
             # Audits ask the whole taxonomy: they measure the SLM, so they must not lean
             # on it.
-            candidates = None if audit else candidates_for(session, prepared, run, taxonomy)
-            text, run_id = prepared.text, prepared.run_id
+            candidates = None if audit else candidates_for(session, doc, run, taxonomy)
+            text, run_id = doc.text, doc.run_id
         result = get_client().classify(text, taxonomy, candidates)
         if result.declined:
             # "None of these": recorded like every call, then the whole taxonomy.
             _record_paid(document_id, run_id, result, False, audit)
             result = get_client().classify(text, taxonomy)
     except BaseException:
-        if allowed:
+        if probe:
             breaker.released()
         if leased:
             _release_quietly(document_id)
@@ -509,9 +509,10 @@ def process_document(
 
 def _prepare(
     session: Session, document_id: int, audit: bool, breaker: CircuitBreaker
-) -> Document | None:
+) -> tuple[Document, bool] | None:
     """The document to call the frontier for, once the budget and the breaker allow a
-    call; None (parked, or nothing to do) otherwise."""
+    call, and whether the call is the breaker's probe; None (parked, or nothing to do)
+    otherwise."""
     doc = _pending(session, document_id, audit)
     if doc is None:
         return None
@@ -520,12 +521,13 @@ def _prepare(
         if not audit:
             park(session, document_id, capped)
         return None
-    if not breaker.allow():
+    how = breaker.acquire()
+    if how is None:
         # The frontier is down: no call, the document waits (an audit is skipped).
         if not audit:
             park(session, document_id, breaker.reason())
         return None
-    return doc
+    return doc, how == PROBE
 
 
 def _release_quietly(document_id: int) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 # The error a document parked by an outage carries (also where the breaker is open):
 # the recovery pass (workers.frontier_recovery) re-sends exactly these.
 UNAVAILABLE = "frontier unavailable"
+# How ``acquire`` lets a call through.
+CALL, PROBE = "call", "probe"
 # Short enough that the frontier, once back, is found within a minute of it.
 MAX_COOLDOWN_S = 60.0
 
@@ -49,13 +51,19 @@ class CircuitBreaker:
     def allow(self) -> bool:
         """Whether a call may go out now: always when closed; when open, only the one
         probe after the cool-down."""
+        return self.acquire() is not None
+
+    def acquire(self) -> str | None:
+        """Like ``allow``, saying how: ``CALL`` (closed), ``PROBE`` (the one call let
+        through after the cool-down, to be handed back with ``released`` if it ends
+        without an answer either way), or None (no call now)."""
         with self._lock:
             if self._open_until is None:
-                return True
+                return CALL
             if self._probing or self._clock() < self._open_until:
-                return False
+                return None
             self._probing = True
-            return True
+            return PROBE
 
     def succeeded(self) -> None:
         """The frontier answered (any answer, a refusal included): close."""
