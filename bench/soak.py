@@ -460,6 +460,14 @@ def _state(run_ids: list[int]) -> dict[str, Any]:
                 {"r": run_ids},
             )
         )
+        # Canary calls (no document: workers.frontier._answers_others) answered ok.
+        canaries = s.scalar(
+            text(
+                "SELECT count(*) FROM frontier_calls WHERE run_id = ANY(:r) "
+                "AND document_id IS NULL AND status = 'ok'"
+            ),
+            {"r": run_ids},
+        )
         failed = s.execute(
             text(
                 "SELECT text, error FROM documents WHERE run_id = ANY(:r) "
@@ -484,6 +492,7 @@ def _state(run_ids: list[int]) -> dict[str, Any]:
         "twice_ok": twice_ok,
         "final_ids": final_ids,
         "failed": [(t, e) for t, e in failed],
+        "canaries": int(canaries or 0),
     }
 
 
@@ -643,7 +652,7 @@ def _figures(
         "no prediction stored twice": state["stages"].get("slm", 0) == n,
         "no document with two successful frontier calls": state["twice_ok"] == 0,
         "frontier predictions = successful calls recorded": state["stages"].get("frontier", 0)
-        == state["calls"].get("ok", 0),
+        == state["calls"].get("ok", 0) - state.get("canaries", 0),
         "billed - recorded within [0, frontier processes killed]": 0 <= billed - recorded <= killed,
     }
     return {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -121,3 +122,68 @@ def test_a_five_minute_frontier_outage_parks_documents_and_loses_none(stack: Sta
     # ...and the documents waited without calling: the breaker let a few probes through.
     assert parked_most > 100
     assert unavailable < 100, unavailable
+
+
+def test_a_refused_key_then_a_maintenance_page_with_a_poisoned_document_through_a_worker(
+    stack: Stack,
+) -> None:
+    from workers.frontier import FAILED_ALONE
+    from workers.frontier_client import CREDENTIALS, NOT_AN_ANSWER
+
+    n = 200
+    env = stack.use(
+        SHIFTDOWN_THRESHOLD="1.0",
+        SHIFTDOWN_FRONTIER_RETRY_BASE_S="0.2",
+        SHIFTDOWN_FRONTIER_BREAKER_FAILURES="3",
+        SHIFTDOWN_FRONTIER_BREAKER_COOLDOWN_S="2",
+        SHIFTDOWN_FRONTIER_RECOVER_INTERVAL_S="2",
+        SHIFTDOWN_FRONTIER_DOCUMENT_FAILURES="4",
+    )
+    scripted = stack.scripted
+    poison = stack.banking[7]["text"]
+    answer = scripted.default_answer
+
+    def poisoned(body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        if user == poison:  # the endpoint fails this one request, every time
+            return 500, {"error": {"message": "internal error"}}, {}
+        return answer(body)
+
+    scripted.default_answer = poisoned  # type: ignore[method-assign]
+    scripted.refuse_key_until = time.monotonic() + 3600
+    worker = stack.worker(env, processes=2)
+    try:
+        run_id = stack.submit(n, "k")
+        # The key refused until a few calls have met it, then five more seconds; then
+        # ten seconds of maintenance pages; then the frontier answers.
+        deadline = time.monotonic() + 120
+        while len(scripted.requests) < 3:
+            assert time.monotonic() < deadline, "no frontier call came"
+            time.sleep(0.2)
+        time.sleep(5)
+        scripted.maintenance_until = time.monotonic() + 10
+        scripted.refuse_key_until = 0.0
+        # `shiftdown wait` counts parked documents as settled for now: wait for them all.
+        deadline = time.monotonic() + 240
+        while sum((states := _states(run_id)).values()) < n or set(states) - {
+            DocState.CLASSIFIED,
+            DocState.FRONTIER_FAILED,
+        }:
+            assert time.monotonic() < deadline, (states, _unfinished(run_id, stack))
+            time.sleep(1)
+    finally:
+        stop(worker)
+    with session_scope() as s:
+        failed = s.execute(
+            select(Document.text, Document.error).where(
+                Document.run_id == run_id, Document.state == DocState.FRONTIER_FAILED
+            )
+        ).all()
+        errors = list(s.scalars(select(FrontierCall.error).where(FrontierCall.run_id == run_id)))
+    # Only the poisoned document failed, for that reason; every other one was answered.
+    assert [(t, (e or "").split(" (")[0]) for t, e in failed] == [(poison, FAILED_ALONE)]
+    assert _states(run_id) == {DocState.CLASSIFIED: n - 1, DocState.FRONTIER_FAILED: 1}
+    # Both windows were met, and neither failed a document.
+    assert any(CREDENTIALS in (e or "") for e in errors)
+    assert any(NOT_AN_ANSWER in (e or "") for e in errors)
+    assert counts(run_id)["frontier_calls"] == len(scripted.requests)

@@ -122,9 +122,16 @@ def record_call(
     return call
 
 
-def _record(document_id: int, run_id: int, result: FrontierResult, final: bool, audit: bool) -> int:
+def _record(
+    document_id: int,
+    run_id: int,
+    result: FrontierResult,
+    final: bool,
+    audit: bool,
+    alone: bool = False,
+) -> int:
     with session_scope() as session:
-        attempt = record_outcome(session, document_id, run_id, result, final, audit)
+        attempt = record_outcome(session, document_id, run_id, result, final, audit, alone=alone)
         if not result.declined:  # after "none of these" the whole taxonomy is asked next,
             release_lease(session, document_id)  # under the same lease
     if not audit and (result.status == OK or final):
@@ -179,6 +186,44 @@ def failures_alone(session: Session, document_id: int, window: int = 64) -> int:
     return n
 
 
+# What the canary call asks: a one-word document, the cheapest request that shows the
+# frontier answering.
+CANARY_TEXT = "ping"
+
+
+def _answers_others(
+    document_id: int,
+    run_id: int,
+    taxonomy: Taxonomy,
+    result: FrontierResult,
+    breaker: CircuitBreaker,
+) -> bool:
+    """Whether the frontier, which just failed this document's call as unavailable,
+    answers other requests: asked only of a document that has failed its budget of
+    calls (``SHIFTDOWN_FRONTIER_DOCUMENT_FAILURES``) without other documents' answers in
+    between to say so (a quiet stream, or the last document of a run), by one canary
+    call of a one-word document, recorded and billed to the run like every call."""
+    if not result.unavailable or result.credentials:
+        return False
+    budget = get_settings().frontier_document_failures
+    with session_scope() as session:
+        if attempts_made(session, document_id) + 1 < budget:
+            return False
+        if failures_alone(session, document_id) + 1 >= budget:
+            return False  # the record will say so from the calls alone
+    canary = get_client().classify(CANARY_TEXT, taxonomy)
+    with session_scope() as session:
+        record_call(session, canary, attempt=0, run_id=run_id)
+    if canary.unavailable:
+        breaker.failed(canary.error)
+        return False
+    breaker.succeeded()
+    log.warning(
+        "document %d: the frontier answers a canary but not its request: failing it", document_id
+    )
+    return True
+
+
 def _failed_alone(session: Session, document_id: int) -> int:
     """The document's failures alone (``failures_alone``, this call's included) once
     they reach ``SHIFTDOWN_FRONTIER_DOCUMENT_FAILURES``, else 0."""
@@ -195,6 +240,7 @@ def record_outcome(
     final: bool,
     audit: bool = False,
     batch_id: int | None = None,
+    alone: bool = False,
 ) -> int:
     """Record one call and what it settles, in ``session``: the call with its tokens and
     dollars; an answer's prediction, teacher example and final state; a document the
@@ -247,7 +293,11 @@ def record_outcome(
         not audit
         and result.unavailable
         and not result.credentials
-        and (alone := _failed_alone(session, document_id))
+        and (
+            failures := attempts_made(session, document_id)
+            if alone
+            else _failed_alone(session, document_id)
+        )
     ):
         # The frontier answers others but keeps failing this request: it is this
         # document's, and waiting (or retrying) would only send it again and again.
@@ -256,7 +306,7 @@ def record_outcome(
             [document_id],
             WAITING,
             state=DocState.FRONTIER_FAILED,
-            error=f"{FAILED_ALONE} ({alone} calls): {result.error}"[:500],
+            error=f"{FAILED_ALONE} ({failures} calls): {result.error}"[:500],
         ):
             results_stream.owe(session, [(document_id, run_id)])
     elif final and not audit and result.unavailable:
@@ -283,13 +333,18 @@ RECORD_PATIENCE_S = 25.0
 
 
 def _record_paid(
-    document_id: int, run_id: int, result: FrontierResult, final: bool, audit: bool
+    document_id: int,
+    run_id: int,
+    result: FrontierResult,
+    final: bool,
+    audit: bool,
+    alone: bool = False,
 ) -> int:
     deadline = time.monotonic() + RECORD_PATIENCE_S
     delay = 0.5
     while True:
         try:
-            return _record(document_id, run_id, result, final, audit)
+            return _record(document_id, run_id, result, final, audit, alone)
         except OperationalError as exc:
             if time.monotonic() + delay > deadline:
                 raise
@@ -496,12 +551,13 @@ def process_document(
         breaker.failed(result.error)
     else:
         breaker.succeeded()
+    alone = not audit and _answers_others(document_id, run_id, taxonomy, result, breaker)
     # While the breaker is open a retry of an outage would only park the document: it
     # waits now; so does one the frontier refused the credentials of (no retry can fix
     # a key). A malformed answer keeps its retries: the frontier did answer.
     parked = result.unavailable and (breaker.state == "open" or result.credentials)
-    final = result.status != RETRYABLE or not retries_left or parked
-    attempt = _record_paid(document_id, run_id, result, final, audit)
+    final = result.status != RETRYABLE or not retries_left or parked or alone
+    attempt = _record_paid(document_id, run_id, result, final, audit, alone)
     if result.status != OK:
         log.warning("frontier attempt %d for document %d: %s", attempt, document_id, result.error)
     return result, final
