@@ -211,17 +211,27 @@ def _answers_others(
             return False
         if failures_alone(session, document_id) + 1 >= budget:
             return False  # the record will say so from the calls alone
-    canary = get_client().classify(CANARY_TEXT, taxonomy)
-    with session_scope() as session:
-        record_call(session, canary, attempt=0, run_id=run_id)
-    if canary.unavailable:
-        breaker.failed(canary.error)
+    if not _canary_answers(run_id, taxonomy, breaker):
         return False
-    breaker.succeeded()
     log.warning(
         "document %d: the frontier answers a canary but not its request: failing it", document_id
     )
     return True
+
+
+def _canary_answers(run_id: int, taxonomy: Taxonomy, breaker: CircuitBreaker) -> bool:
+    """One canary call (a one-word document, the whole taxonomy), recorded against the
+    run without a document and counted by the breaker: whether the frontier answers."""
+    canary = get_client().classify(CANARY_TEXT, taxonomy)
+    # Counted before it is recorded: a store that fails now must not leave a probe
+    # marked.
+    if canary.unavailable:
+        breaker.failed(canary.error)
+    else:
+        breaker.succeeded()
+    with session_scope() as session:
+        record_call(session, canary, attempt=0, run_id=run_id)
+    return not canary.unavailable
 
 
 def _failed_alone(session: Session, document_id: int) -> int:
@@ -536,6 +546,17 @@ def process_document(
             # on it.
             candidates = None if audit else candidates_for(session, doc, run, taxonomy)
             text, run_id = doc.text, doc.run_id
+        if probe:
+            # The half-open probe asks a canary, not this document: a document whose own
+            # request fails (a poisoned one, parked among others) must not keep the
+            # breaker open for every other one. Down still: the document waits.
+            answered = _canary_answers(run_id, taxonomy, breaker)
+            probe = False  # counted by the breaker either way
+            if not answered:
+                with session_scope() as session:
+                    park(session, document_id, breaker.reason())
+                    release_lease(session, document_id)
+                return None
         result = get_client().classify(text, taxonomy, candidates)
         if result.declined:
             # "None of these": recorded like every call, then the whole taxonomy.
