@@ -4,8 +4,9 @@ of each spending a minute of retries on it.
 Closed, every call goes out. After ``failures`` calls in a row that found the frontier
 unavailable (no connection, a timeout, 408/409/429 or 5xx), it opens: documents are
 parked as ``awaiting_frontier`` without a call. Once ``cooldown_s`` has passed it lets
-one call through (half-open); its answer closes the breaker, another failure opens it
-again for twice as long (at most ``MAX_COOLDOWN_S``). One breaker per worker process,
+one call through (half-open: ``workers.frontier`` makes it a canary call, not the
+document's own); its answer closes the breaker, another failure opens it again for
+twice as long (at most ``MAX_COOLDOWN_S``). One breaker per worker process,
 shared by its task threads.
 """
 
