@@ -487,7 +487,8 @@ def _state(run_ids: list[int]) -> dict[str, Any]:
         twice_ok = s.scalar(
             text(
                 "SELECT count(*) FROM (SELECT document_id FROM frontier_calls "
-                "WHERE run_id = ANY(:r) AND status = 'ok' GROUP BY 1 HAVING count(*) > 1) t"
+                "WHERE run_id = ANY(:r) AND status = 'ok' AND document_id IS NOT NULL "
+                "GROUP BY 1 HAVING count(*) > 1) t"
             ),
             {"r": run_ids},
         )
@@ -613,7 +614,7 @@ def _drive(
             if not producer.is_alive() and len(produced) < batches:
                 break  # the producer failed: what it did not submit will never settle
             state = _state(produced)
-            if len(produced) == batches and state["labelled"] == len(texts):
+            if len(produced) == batches and state["labelled"] + len(state["failed"]) == len(texts):
                 break
             time.sleep(1.0)
         settled_at = time.monotonic()
@@ -647,7 +648,9 @@ def _figures(
     # A frontier process killed mid-call made a call it could not record; a store cut
     # away is waited out while the call's lease holds (workers/frontier.py).
     killed = run.workers.killed_frontier_processes
-    settled = len(produced) == batches and state["labelled"] == n
+    # A poisoned document that failed alone is settled without a label.
+    failed_alone = len(state.get("failed", []))
+    settled = len(produced) == batches and state["labelled"] + failed_alone == n
     # Polled once a second: the first poll that saw every document settled.
     settle_s = max(0.0, settled_at - faults_end) if settled else None
     checks = {
@@ -674,7 +677,7 @@ def _figures(
         "runs": len(produced),
         "faults": dict(Counter(i.fault.kind for i in run.done)),
         "fault_log": [{**asdict(i.fault), **asdict(i), "fault": str(i.fault)} for i in run.done],
-        "lost": n - state.get("labelled", 0),
+        "lost": n - state.get("labelled", 0) - failed_alone,
         "final_ids": state.get("final_ids", []),
         "states": state.get("states", {}),
         "poisoned_failed": len(state.get("failed", [])),
