@@ -35,6 +35,7 @@ from shiftdown.db import session_scope
 from shiftdown.schema import DocState, Document, FrontierRecovery, as_utc, state_in, utcnow
 from shiftdown.settings import get_settings
 from workers.app import TASK_FRONTIER, dispatch
+from workers.frontier import lease_s
 from workers.frontier_breaker import UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,8 @@ ID_CHUNK = 10_000
 
 def patience_s() -> float:
     """How long a sent probe or chunk may stay on its way before the pass goes on
-    without it: one call with all its client retries, plus a pass."""
-    s = get_settings()
-    return (
-        s.frontier_timeout_s * (s.frontier_client_retries + 1)
-        + 30.0
-        + s.frontier_recover_interval_s
-    )
+    without it: a delivery's lease (its call with all client retries), plus a pass."""
+    return lease_s() + get_settings().frontier_recover_interval_s
 
 
 def _parked() -> ColumnElement[bool]:
