@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.gguf_header import open_gguf
 from shiftdown.errors import ModelError
 
 # The positions whose states the familiarity score reads: the answer position and the
@@ -81,11 +82,10 @@ class OutputInverse:
     """
 
     def __init__(self, gguf_path: str | Path, n_vocab: int, seed: int = 0) -> None:
-        import gguf
 
         one_blas_thread()
 
-        reader = gguf.GGUFReader(str(gguf_path))
+        reader = open_gguf(Path(gguf_path))
         tensors = {t.name: t for t in reader.tensors}
         tensor = tensors.get("output.weight") or tensors.get("token_embd.weight")
         if tensor is None:

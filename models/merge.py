@@ -23,13 +23,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.gguf_header import open_gguf
+
 logger = logging.getLogger(__name__)
 
 # llama.cpp file types (enum llama_ftype) by the name `SHIFTDOWN_SERVE_TYPE` and
 # `export --type` take. Q4_1 is here for the record of its defect (docs/performance.md,
 # Served forms). The numbers are llama.h's, fixed because GGUF files record them; they
 # are written out so that the training process, which writes GGUFs but must not load
-# llama.cpp beside torch (models.train_process), can import this module
+# llama.cpp beside torch (models.training.train_process), can import this module
 # (tests/test_train_process.py checks them against llama_cpp's).
 FILE_TYPES = {
     "f16": 1,
@@ -61,9 +63,8 @@ def read_lora(adapter: Path, scale: float = 1.0) -> dict[str, LoraPair]:
     llama.cpp scales each product by ``scale · alpha / rank`` (no alpha: ``scale``), the
     rank being the number of rows of A; the merge does the same.
     """
-    import gguf
 
-    reader = gguf.GGUFReader(str(adapter))
+    reader = open_gguf(adapter)
     field = reader.fields.get("adapter.lora.alpha")
     alpha = float(field.contents()) if field is not None else 0.0
     halves: dict[str, dict[str, npt.NDArray[np.float32]]] = {}
@@ -116,19 +117,21 @@ def f16_writer_like(reader: Any, out: Path) -> Any:
     return writer
 
 
-def merge_to_f16(base: Path, adapter: Path | None, out: Path, scale: float = 1.0) -> int:
+def merge_to_f16(
+    base: Path, adapter: Path | None, out: Path, scale: float = 1.0, reader: Any = None
+) -> int:
     """Write base + adapter as one GGUF at ``out`` (F16 matrices); returns tensors merged.
 
     With no adapter, the base alone, dequantized.
 
     Tensors are streamed one at a time, so memory holds one dequantized matrix, not the
     model. A tensor of a type gguf-py cannot dequantize is copied as stored, unless the
-    adapter updates it (then the merge cannot be exact, and it refuses).
+    adapter updates it (then the merge cannot be exact, and it refuses). ``reader``: the
+    base's, when already open (reading a 262k-token vocabulary takes gguf-py 25 s).
     """
-    import gguf
 
     pairs = read_lora(adapter, scale) if adapter is not None else {}
-    reader = gguf.GGUFReader(str(base))
+    reader = reader if reader is not None else open_gguf(base)
     missing = sorted(set(pairs) - {t.name for t in reader.tensors})
     if missing:
         raise ValueError(f"{adapter} updates tensors {base} does not have: {missing[:3]}")
@@ -203,16 +206,16 @@ def quantize(source: Path, out: Path, kind: str, threads: int = 0) -> None:
         raise RuntimeError(f"llama.cpp could not quantize {source} to {kind} (code {code})")
 
 
-def same_grid(base: Path, adapter: Path, kind: str) -> list[str]:
+def same_grid(base: Path, adapter: Path, kind: str, reader: Any = None) -> list[str]:
     """The adapted tensors that ``base`` already stores in ``kind``'s own block type.
 
     Quantizing base + a small update back onto the base's own grid rounds much of the
     update back to the base's values (docs/performance.md, Served forms: Q4_1 onto the
     Q4_1 base kept 63 % of the demo adapter's update, and 66.8 % accuracy against 91.4 %).
     """
-    import gguf
 
-    stored = {t.name: t.tensor_type.name.lower() for t in gguf.GGUFReader(str(base)).tensors}
+    reader = reader if reader is not None else open_gguf(base)
+    stored = {t.name: t.tensor_type.name.lower() for t in reader.tensors}
     # A k-quant mix (q4_k_m) quantizes most matrices to its block type (q4_k).
     block = kind.removesuffix("_m").removesuffix("_s")
     return sorted(name for name in read_lora(adapter) if stored.get(name) == block)
@@ -225,9 +228,11 @@ def merge(base: Path, adapter: Path, out: Path, kind: str, threads: int = 0) -> 
     so a reader never sees half a model, and workers racing to make the same file each
     leave a whole one.
     """
+
     if kind not in FILE_TYPES:
         raise ValueError(f"unknown type {kind!r}: one of {', '.join(FILE_TYPES)}")
-    clash = same_grid(base, adapter, kind) if kind != "f16" else []
+    reader = open_gguf(base)
+    clash = same_grid(base, adapter, kind, reader) if kind != "f16" else []
     if clash:
         logger.warning(
             "%s stores %d of the adapted tensors in %s already: quantizing the merge back "
@@ -241,7 +246,7 @@ def merge(base: Path, adapter: Path, out: Path, kind: str, threads: int = 0) -> 
     # left behind (models.served).
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".merge-{out.name}-") as scratch:
         f16 = Path(scratch) / "merged-f16.gguf"
-        merge_to_f16(base, adapter, f16)
+        merge_to_f16(base, adapter, f16, reader=reader)
         if kind == "f16":
             final = f16
         else:
