@@ -107,8 +107,8 @@ def finetune(
     and served merged (OUT/.served/), or with --full the model's own GGUFs
     (model-f16.gguf, model-q8_0.gguf, model-q4_0.gguf).
     """
-    from models.finetune import FinetuneConfig, stratified_split
-    from models.finetune import finetune as train
+    from models.training.finetune import FinetuneConfig, stratified_split
+    from models.training.finetune import finetune as train
 
     tax = Taxonomy.from_file(taxonomy)
     examples = read_labelled(data_path, text_column, label_column, tax)
@@ -144,6 +144,11 @@ def finetune(
             heldout=valid_set,
         )
     click.echo(f"wrote {out_dir} ({manifest.train_seconds} s of training)")
+    if manifest.base_model is not None:
+        click.echo(
+            f"base {manifest.base_model.path} ({manifest.base_model.architecture}); "
+            f"adapted: {', '.join(manifest.adapted_modules or [])}"
+        )
     if merged and manifest.adapter:
         make_served(str(base_path or default_gguf_path()), str(out_dir / manifest.adapter))
     if familiarity != "off":

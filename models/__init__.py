@@ -8,7 +8,7 @@ had imported the store first, and loaded fine the other way round. The cause is 
 yet known (``bench/gpu.sh`` checks both orders on a GPU); the processes that load
 models (the workers, the CLI) import this package first, so the order is always this one.
 
-The training process is the exception (``models.train_process``): torch and the CUDA
+The training process is the exception (``models.training.train_process``): torch and the CUDA
 build of llama.cpp abort together in one process, so it is started with
 ``SHIFTDOWN_TRAINING_PROCESS`` set and never loads llama.cpp.
 """

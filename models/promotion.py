@@ -75,7 +75,7 @@ def train_candidate(
 ) -> Path:
     """Fine-tune a candidate on the task's teacher set into ``out_dir``."""
     from models.base import default_gguf_path
-    from models.finetune import FinetuneConfig, finetune, stratified_split
+    from models.training.finetune import FinetuneConfig, finetune, stratified_split
 
     with session_scope() as session:
         tax = task_taxonomy(session.get_one(Task, opts.task_name))

@@ -26,10 +26,14 @@ class _Entry(BaseModel):
 
 
 class BaseModelRef(_Entry):
-    """The base GGUF an adapter was trained on."""
+    """The base GGUF a model was trained on: found by name along the search path
+    (``models.registry.find_base``), and recognised by its hash."""
 
     file: str
     sha256: str | None = None
+    # Where it was when the model was trained, and its GGUF architecture.
+    path: str | None = None
+    architecture: str | None = None
 
 
 class HeldoutRef(_Entry):
@@ -71,6 +75,10 @@ class ModelManifest(_Entry):
     format: str | None = None
     base_model: BaseModelRef | None = None
     adapter: str | None = None
+    # The Hugging Face modules the fine-tune changed (["all"]: a full fine-tune).
+    adapted_modules: list[str] | None = None
+    # The exported files checked against the trained model (models.training.export_check).
+    export_check: dict[str, Any] | None = None
     # Merged GGUFs by kind (f16, q8_0, q4_0) and which file a model directory serves.
     merged: dict[str, str] | None = None
     serve: str | None = None

@@ -200,7 +200,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     from click.testing import CliRunner
 
     from cli.main import cli
-    from models.finetune import stratified_split
+    from models.training.finetune import stratified_split
 
     with (DEMO / "test.csv").open(newline="", encoding="utf-8") as f:
         rows = [(r["text"], r["category"]) for r in csv.DictReader(f) if r["category"] in LABELS]

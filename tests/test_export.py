@@ -14,8 +14,9 @@ transformers = pytest.importorskip("transformers")
 from llama_cpp import Llama  # noqa: E402
 
 from models.base import default_gguf_path  # noqa: E402
-from models.gguf_export import export_gguf  # noqa: E402
 from models.merge import quantize  # noqa: E402
+from models.training.architectures import ARCHITECTURES  # noqa: E402
+from models.training.gguf_export import export_gguf  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 
@@ -32,13 +33,9 @@ def test_unchanged_base_round_trips_through_export(tmp_path: Path) -> None:
         str(base.parent), gguf_file=base.name, dtype=torch.float32
     )
     f16 = tmp_path / "base-f16.gguf"
-    export_gguf(
-        base,
-        model.state_dict(),
-        f16,
-        model.config.num_attention_heads,
-        model.config.num_key_value_heads,
-    )
+    cfg = model.config
+    shape = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads)
+    export_gguf(base, model.state_dict(), f16, ARCHITECTURES["llama"], *shape)
     q41 = tmp_path / "base-q4_1.gguf"
     quantize(f16, q41, "q4_1")
 

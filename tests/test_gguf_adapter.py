@@ -10,11 +10,14 @@ import pytest
 pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
 
-from models.gguf_adapter import (  # noqa: E402
-    gguf_lora_tensors,
+from models.training.architectures import (  # noqa: E402
+    ARCHITECTURES,
     permute_rows,
-    read_adapter,
     unpermute_rows,
+)
+from models.training.gguf_adapter import (  # noqa: E402
+    gguf_lora_tensors,
+    read_adapter,
     write_adapter,
 )
 
@@ -42,11 +45,17 @@ def test_adapter_round_trip(tmp_path: Path) -> None:
             rng.normal(size=(out_f, 8)).astype(np.float32)
         )
     path = tmp_path / "adapter.gguf"
-    write_adapter(path, gguf_lora_tensors(state, n_head=9, n_kv_head=3), alpha=16)
-    back, alpha = read_adapter(path, n_head=9, n_kv_head=3)
+    llama = ARCHITECTURES["llama"]
+    write_adapter(path, gguf_lora_tensors(state, llama, 4, 9, 3), alpha=16, architecture="llama")
+    back, alpha = read_adapter(path, llama, n_head=9, n_kv_head=3)
     assert alpha == 16
+    gguf_names = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "mlp.down_proj": "ffn_down",
+    }
     for module in shapes:
-        a, b = back[f"model.layers.3.{module}.weight"]
+        a, b = back[f"blk.3.{gguf_names[module]}.weight"]
         prefix = f"base_model.model.model.layers.3.{module}"
         np.testing.assert_allclose(
             a, state[f"{prefix}.lora_A.default.weight"].numpy(), rtol=1e-3, atol=1e-3

@@ -20,10 +20,10 @@ from bench.tiny_model import write_tiny_gguf
 from cli.main import cli
 from models.base import default_gguf_path
 from models.classifier import Classifier, ModelSpec, RuntimeOptions
-from models.gguf_adapter import write_adapter
 from models.merge import merge, merge_to_f16, read_lora, same_grid
 from models.registry import load_model_dir
 from models.served import find_merged, merged_file_name, served_files
+from models.training.gguf_adapter import write_adapter
 from shiftdown.manifest import ModelManifest
 from shiftdown.settings import DEFAULT_SERVE_TYPE
 from tests.conftest import ROOT
@@ -40,7 +40,7 @@ def random_adapter(
     for name, (rows, cols) in shapes.items():
         tensors[f"{name}.lora_a"] = rng.standard_normal((rank, cols)).astype(np.float32) * size
         tensors[f"{name}.lora_b"] = rng.standard_normal((rows, rank)).astype(np.float32) * size
-    write_adapter(path, tensors, alpha=2.0 * rank)
+    write_adapter(path, tensors, alpha=2.0 * rank, architecture="llama")
     return path
 
 

@@ -225,7 +225,7 @@ def tiny_open(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     none by the teacher), learned by `shiftdown finetune` (LoRA, CPU, about a minute)."""
     pytest.importorskip("torch")
     pytest.importorskip("peft")
-    from models.finetune import stratified_split
+    from models.training.finetune import stratified_split
 
     with (DEMO / "test.csv").open(newline="", encoding="utf-8") as f:
         rows = [

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from models.merge import FILE_TYPES
-from models.train_process import TRAINING_PROCESS_ENV
+from models.training.train_process import TRAINING_PROCESS_ENV
 
 
 def test_file_types_are_llama_cpps() -> None:
@@ -23,7 +23,7 @@ def test_file_types_are_llama_cpps() -> None:
 
 def test_the_training_process_imports_no_llama_cpp() -> None:
     probe = (
-        "import models.train_process, models.gguf_export, models.merge, sys; "
+        "import models.training.train_process, models.training.gguf_export, models.merge, sys; "
         "print(sorted(m for m in sys.modules if m.startswith('llama_cpp')))"
     )
     env = {**os.environ, TRAINING_PROCESS_ENV: "1"}
@@ -38,8 +38,8 @@ def test_a_training_run_reports_no_llama_cpp_and_writes_the_adapter(tmp_path: Pa
     pytest.importorskip("torch")
     pytest.importorskip("peft")
     from models.base import default_gguf_path
-    from models.finetune import run_training
-    from models.train_process import FinetuneConfig, TrainingJob
+    from models.training.finetune import run_training
+    from models.training.train_process import FinetuneConfig, TrainingJob
 
     steps: list[tuple[int, int]] = []
     job = TrainingJob(
@@ -57,8 +57,8 @@ def test_a_training_run_reports_no_llama_cpp_and_writes_the_adapter(tmp_path: Pa
 
 
 def test_a_failed_training_process_is_a_model_error(tmp_path: Path) -> None:
-    from models.finetune import run_training
-    from models.train_process import TrainingJob
+    from models.training.finetune import run_training
+    from models.training.train_process import TrainingJob
     from shiftdown.errors import ModelError
 
     job = TrainingJob(str(tmp_path / "missing.gguf"), str(tmp_path), [([1], 0)], [330])

@@ -26,6 +26,7 @@ from typing import Any
 from models.coding import FINETUNE_TEMPLATE, PromptTemplate, Vocab
 from models.finetune_manifest import file_sha256, teacher_hash, write_heldout
 from models.training.architectures import trainable
+from models.training.export_check import check_export
 from models.training.train_process import TRAINING_PROCESS_ENV, FinetuneConfig, TrainingJob
 from shiftdown.errors import ModelError
 from shiftdown.manifest import FORMAT, BaseModelRef, ModelManifest, TeacherSetRef
@@ -72,6 +73,13 @@ def finetune(
     config = config or FinetuneConfig()
     # Before anything is loaded: an architecture that cannot be fine-tuned is refused.
     arch = trainable(base_gguf)
+    targets = list(config.lora_targets or arch.lora_targets)
+    unknown_targets = sorted(set(targets) - set(arch.lora_targets))
+    if unknown_targets:
+        raise ModelError(
+            f"a {arch.name} model has no LoRA target {unknown_targets}: "
+            f"choose among {', '.join(arch.lora_targets)}"
+        )
     unknown = {label for _, label in examples} - set(labels)
     if unknown:
         raise ValueError(f"teacher labels outside the taxonomy: {sorted(unknown)[:5]}")
@@ -90,6 +98,14 @@ def finetune(
     result = run_training(job, on_step)
     files = result["files"]
     if config.full:
+        checked = check_export(
+            out_dir, out_dir / files["merged"]["f16"], None, result["probes"], codes
+        )
+    else:
+        checked = check_export(
+            out_dir, base_gguf, out_dir / files["adapter"], result["probes"], codes
+        )
+    if config.full:
         from models.merge import quantize
 
         f16 = out_dir / files["merged"]["f16"]
@@ -106,7 +122,8 @@ def finetune(
             path=str(base_gguf.resolve()),
             architecture=arch.name,
         ),
-        adapted_modules=["all"] if config.full else list(arch.lora_targets),
+        adapted_modules=["all"] if config.full else targets,
+        export_check=checked,
         **files,
         labels=list(labels),
         label_codes=codes,

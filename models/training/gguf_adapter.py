@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.gguf_header import open_gguf
 from models.training.architectures import Architecture, tensor_names
 
 _PEFT_NAME = re.compile(r"layers\.(\d+)\.(.+)\.lora_([AB])\.(?:default\.)?weight$")
@@ -26,9 +27,8 @@ def read_adapter(
 ) -> tuple[dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]], float]:
     """(A, B) in Hugging Face's layout per adapted GGUF tensor (``blk.3.attn_q.weight``),
     and the adapter's alpha."""
-    import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    reader = open_gguf(path)
     alpha = float(reader.fields["adapter.lora.alpha"].contents())
     pairs: dict[str, dict[str, npt.NDArray[np.float32]]] = {}
     for tensor in reader.tensors:

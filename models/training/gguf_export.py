@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.gguf_header import open_gguf
 from models.merge import f16_writer_like
 from models.training.architectures import COMPUTED, Architecture, tensor_names
 
@@ -31,6 +32,9 @@ def gguf_tensors(
         if key.endswith("rotary_emb.inv_freq"):
             continue
         target = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if target is None and key == "lm_head.weight":
+            # Tied to the embeddings (Gemma): GGUF has no output tensor of its own.
+            continue
         if target is None:
             raise ValueError(f"no GGUF name for {key} in a {arch.name} model")
         array = tensor.detach().float().cpu().numpy()
@@ -49,9 +53,8 @@ def export_gguf(
 ) -> None:
     """Write ``state`` (HF names, torch tensors) as an F16 GGUF with the base's metadata
     and the base's tensor list."""
-    import gguf
 
-    reader = gguf.GGUFReader(str(base_gguf))
+    reader = open_gguf(base_gguf)
     tensors = gguf_tensors(state, arch, n_layers, n_head, n_kv_head)
     writer = f16_writer_like(reader, out)
     for tensor in reader.tensors:

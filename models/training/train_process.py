@@ -25,8 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.training.architectures import ARCHITECTURES, Architecture
+from models.gguf_header import header_fields
+from models.training.architectures import ARCHITECTURES, Architecture, config_mismatches
 from models.training.gguf_adapter import gguf_lora_tensors, write_adapter
+
+# Training examples the exported model is checked on against the trained one.
+PROBES = 4
 
 # Set in the training process's environment: models/__init__ does not load llama.cpp.
 TRAINING_PROCESS_ENV = "SHIFTDOWN_TRAINING_PROCESS"
@@ -47,6 +51,8 @@ class FinetuneConfig:
     max_doc_tokens: int = 64
     seed: int = 0
     full: bool = False  # full fine-tune instead of LoRA
+    # The modules LoRA adapts; None: every projection of the architecture.
+    lora_targets: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -134,6 +140,9 @@ def train(
     model: Any = AutoModelForCausalLM.from_pretrained(
         str(base_gguf.parent), gguf_file=base_gguf.name, dtype=torch.float32
     )
+    mismatches = config_mismatches(model.config, header_fields(base_gguf))
+    if mismatches:
+        raise SystemExit(f"cannot fine-tune {base_gguf.name} faithfully: " + "; ".join(mismatches))
     if config.full:
         backbone = model.model
     else:
@@ -143,7 +152,7 @@ def train(
                 r=config.lora_rank,
                 lora_alpha=round(config.lora_alpha),
                 lora_dropout=config.lora_dropout,
-                target_modules=list(arch.lora_targets),
+                target_modules=list(config.lora_targets or arch.lora_targets),
                 bias="none",
             ),
         )
@@ -207,7 +216,24 @@ def train(
     train_s = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
     files = export(model, base_gguf, out_dir, config, arch)
-    return {"files": files, "steps": total, "device": device, "train_seconds": round(train_s, 1)}
+    # What the trained model gives on a few examples, which the parent compares with
+    # what llama.cpp serves from the exported files (models.training.export_check).
+    model.eval()
+    probes = []
+    with torch.no_grad():
+        for seq, _ in data[:PROBES]:
+            hidden = backbone(input_ids=torch.tensor([seq], device=device)).last_hidden_state
+            logits = hidden[0, -1].float() @ output_embeddings.weight[code_index].float().T
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            probes.append({"ids": seq, "logits": logits.cpu().tolist()})
+    return {
+        "files": files,
+        "steps": total,
+        "device": device,
+        "train_seconds": round(train_s, 1),
+        "probes": probes,
+    }
 
 
 def main() -> None:
