@@ -78,6 +78,10 @@ def assign_codes(labels: Sequence[str], tokenize: Tokenize, vocab: Sequence[str]
         chosen = None
         for candidate in candidates:
             ids = tokenize(candidate)
+            # SentencePiece (Llama 2, Mistral, Phi-3) encodes " card" as a bare "▁" and
+            # then "▁card": the word's own token is the first one that is not blank.
+            while ids and not vocab[ids[0]].strip():
+                ids = ids[1:]
             if ids and ids[0] not in taken:
                 chosen = ids[0]
                 break
