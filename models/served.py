@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from models.finetune_manifest import file_sha256
+from models.gguf_header import gguf_architecture
 from models.merge import FILE_TYPES, merge
 from shiftdown.errors import ModelError
 from shiftdown.settings import SERVE_TYPES
@@ -91,15 +92,33 @@ def merged_model(base: Path, adapter: Path, kind: str, threads: int = 0) -> Path
     return target
 
 
+def check_adapter(base: Path, adapter: Path) -> None:
+    """Refuse an adapter made for another architecture than its base's.
+
+    llama.cpp refuses it too ("model arch and LoRA arch mismatch"), but llama-cpp-python
+    does not notice, and the first decode then dies with signal 11 and no message.
+    """
+    theirs, ours = gguf_architecture(adapter), gguf_architecture(base)
+    if theirs != ours:
+        raise ModelError(
+            f"the adapter {adapter} is for a {theirs} model and its base {base.name} is "
+            f"{ours}: fine-tune again on this base, or serve the base it was made for"
+        )
+
+
 def served_files(
     gguf_path: str, adapter_path: str | None, serve_type: str, threads: int = 0
 ) -> tuple[str, str | None]:
     """(GGUF, adapter) to load for a model version in the ``serve_type`` form.
 
     A merge that cannot be made (no writable folder, an adapter that does not fit the
-    base, llama.cpp refusing the type) is a ModelError.
+    base, llama.cpp refusing the type) is a ModelError, and so is an adapter of another
+    architecture than the base's.
     """
-    if adapter_path is None or serve_type == "adapter":
+    if adapter_path is None:
+        return gguf_path, None
+    check_adapter(Path(gguf_path), Path(adapter_path))
+    if serve_type == "adapter":
         return gguf_path, adapter_path
     if serve_type not in FILE_TYPES:
         raise ModelError(f"unknown serve type {serve_type!r}: one of {', '.join(SERVE_TYPES)}")
