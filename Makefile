@@ -23,7 +23,12 @@ LLAMA_CPP_VERSION := 0.3.36
 # extra's range is already met and no CUDA build is pulled in).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-train demo test lint docs clean
+.PHONY: install install-train demo test lint docs clean vocab
+
+# Real tokenizers for the per-architecture tests (Llama 3, Llama 2/Mistral, Phi-3, Qwen2,
+# Gemma, GPT-2): llama.cpp's vocab-only test files, taken from the llama-cpp-python
+# sdist (models/ of its vendored llama.cpp), once per version. No weights.
+VOCAB_DIR ?= $(HOME)/.cache/shiftdown/vocab/$(LLAMA_CPP_VERSION)
 
 $(BIN)/shiftdown: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +57,19 @@ demo: install
 	SHIFTDOWN_DATABASE_URL=sqlite:///shiftdown.db $(BIN)/shiftdown run demo/banking77/sample500.csv \
 		--taxonomy demo/banking77/categories.json --task banking77 --model demo/banking77-lora
 
-test: install-train
-	$(BIN)/pytest
+$(VOCAB_DIR)/.done:
+	mkdir -p $(VOCAB_DIR)/sdist
+	$(PYTHON) -m pip download -q --no-deps --no-binary :all: -d $(VOCAB_DIR)/sdist \
+		llama-cpp-python==$(LLAMA_CPP_VERSION)
+	tar xzf $(VOCAB_DIR)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(VOCAB_DIR) \
+		--strip-components=4 --wildcards '*/vendor/llama.cpp/models/ggml-vocab-*.gguf'
+	rm -rf $(VOCAB_DIR)/sdist
+	touch $@
+
+vocab: $(VOCAB_DIR)/.done
+
+test: install-train vocab
+	SHIFTDOWN_VOCAB_DIR=$(VOCAB_DIR) $(BIN)/pytest
 
 lint: install-train
 	$(BIN)/ruff check .
