@@ -8,8 +8,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from shiftdown.errors import ModelError
-from shiftdown.manifest import HeldoutRef, ModelManifest
+from shiftdown.manifest import HeldoutRef
 
 _hashes: dict[tuple[str, int, int], str] = {}
 
@@ -34,15 +33,6 @@ def teacher_hash(examples: Sequence[tuple[str, str]]) -> str:
     for text, label in examples:
         digest.update(json.dumps([text, label]).encode())
     return digest.hexdigest()
-
-
-def verify_base(base: Path, manifest: ModelManifest) -> None:
-    """Refuse a base GGUF other than the one the adapter was trained on."""
-    expected = manifest.base_model.sha256 if manifest.base_model else None
-    if expected and file_sha256(base) != expected:
-        raise ModelError(
-            f"{base} is not the base model the adapter was trained on (SHA-256 differs)"
-        )
 
 
 HELDOUT_FILE = "heldout.csv"

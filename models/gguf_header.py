@@ -10,9 +10,9 @@ from typing import Any
 from shiftdown.errors import ModelError
 
 
-def header_fields(path: Path) -> dict[str, Any]:
+def header_fields(path: Path, until: str | None = None) -> dict[str, Any]:
     """Every scalar and string field of a GGUF file's header (arrays, such as the
-    vocabulary, are skipped)."""
+    vocabulary, are skipped), or those up to the field ``until``."""
     found: dict[str, Any] = {}
     try:
         with path.open("rb") as f:
@@ -28,6 +28,8 @@ def header_fields(path: Path) -> dict[str, Any]:
                     (found[key],) = struct.unpack(_FORMATS[kind], f.read(_SIZES[kind]))
                 else:
                     _skip_value(f, kind)
+                if key == until:
+                    break
     except (OSError, struct.error, UnicodeDecodeError) as exc:
         raise ModelError(f"{path} is not a readable GGUF file: {exc}") from exc
     return found
@@ -35,7 +37,8 @@ def header_fields(path: Path) -> dict[str, Any]:
 
 def gguf_architecture(path: Path) -> str:
     """The ``general.architecture`` a GGUF file declares."""
-    arch = header_fields(path).get("general.architecture")
+    # Written first by llama.cpp's converter: the vocabulary after it is never walked.
+    arch = header_fields(path, until="general.architecture").get("general.architecture")
     if not isinstance(arch, str):
         raise ModelError(f"{path} declares no general.architecture")
     return arch

@@ -228,7 +228,6 @@ def merge(base: Path, adapter: Path, out: Path, kind: str, threads: int = 0) -> 
     so a reader never sees half a model, and workers racing to make the same file each
     leave a whole one.
     """
-
     if kind not in FILE_TYPES:
         raise ValueError(f"unknown type {kind!r}: one of {', '.join(FILE_TYPES)}")
     reader = open_gguf(base)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from models.base import default_gguf_path
 from models.classifier import ModelSpec
-from models.finetune_manifest import verify_base
+from models.finetune_manifest import file_sha256
 from shiftdown.errors import ConfigError, ModelError
 from shiftdown.manifest import ModelManifest
 from shiftdown.schema import ModelVersion, Task, utcnow
@@ -174,9 +174,7 @@ def find_base(manifest: ModelManifest, manifest_path: Path) -> Path:
     for candidate in candidates:
         if not candidate.is_file():
             continue
-        try:
-            verify_base(candidate, manifest)
-        except ModelError:
+        if ref.sha256 and file_sha256(candidate) != ref.sha256:
             others.append(candidate)
             continue
         return candidate

@@ -97,18 +97,14 @@ def finetune(
     job = TrainingJob(str(base_gguf), str(out_dir), data, codes, config, arch.name)
     result = run_training(job, on_step)
     files = result["files"]
-    if config.full:
-        checked = check_export(
-            out_dir, out_dir / files["merged"]["f16"], None, result["probes"], codes
-        )
+    if not config.full:
+        adapter = out_dir / files["adapter"]
+        checked = check_export(out_dir, base_gguf, adapter, result["probes"], codes)
     else:
-        checked = check_export(
-            out_dir, base_gguf, out_dir / files["adapter"], result["probes"], codes
-        )
-    if config.full:
         from models.merge import quantize
 
         f16 = out_dir / files["merged"]["f16"]
+        checked = check_export(out_dir, f16, None, result["probes"], codes)
         for kind in ("q8_0", "q4_0"):
             target = out_dir / f"model-{kind}.gguf"
             quantize(f16, target, kind)
